@@ -1,0 +1,1 @@
+"""Benchmark helpers: the userspace link emulator and faithful copies of the seed tools."""

@@ -1,0 +1,1 @@
+"""Data sets: MNIST IDX files, .npz, image folders, and the real data packages ship."""

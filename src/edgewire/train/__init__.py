@@ -1,0 +1,1 @@
+"""On-device training: models, trainer, checkpoints, ONNX export, streaming sessions."""

@@ -1,0 +1,138 @@
+"""The I/O edge of the wire protocol: frames over an asyncio stream, with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import numpy.typing as npt
+
+from edgewire.errors import ConnectError, PeerTimeout, ProtocolError, RemoteError, error_for_code
+from edgewire.wire.frames import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, MsgType, encode_frame
+from edgewire.wire.messages import (
+    DEFAULT_LIMITS,
+    Limits,
+    Message,
+    decode_message,
+    encode_message,
+    error_payload,
+)
+
+READ_CHUNK = 256 * 1024
+
+
+class FramedStream:
+    """Reads and writes whole frames; every read has a timeout."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.limits = limits
+        self._decoder = FrameDecoder(max_payload=max_payload)
+        self._ready: deque[Frame] = deque()
+
+    async def read_frame(
+        self, timeout: float | None, *, frame_timeout: float | None = None
+    ) -> Frame | None:
+        """The next frame, or None at a clean end of stream.
+
+        ``timeout`` bounds the wait for a frame to start; once its first byte is
+        here, the whole frame must arrive within ``frame_timeout`` (default:
+        ``timeout``), so a peer trickling one byte a second is cut off.
+        """
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while not self._ready:
+            if self._decoder.buffered and deadline is None:
+                limit = frame_timeout if frame_timeout is not None else timeout
+                deadline = None if limit is None else loop.time() + limit
+            wait = timeout if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                async with asyncio.timeout(wait):
+                    chunk = await self.reader.read(READ_CHUNK)
+            except TimeoutError as exc:
+                what = "frame to complete" if deadline is not None else "frame"
+                raise PeerTimeout(f"no {what} within {wait:.3g} s") from exc
+            except (ConnectionError, OSError) as exc:
+                raise ConnectError(f"connection lost: {exc}") from exc
+            if not chunk:
+                self._decoder.flush()
+                return None
+            self._ready.extend(self._decoder.feed(chunk))
+        return self._ready.popleft()
+
+    async def read_message(
+        self, timeout: float | None, *, frame_timeout: float | None = None
+    ) -> tuple[Frame, Message] | None:
+        """The next frame and its decoded payload; error frames raise RemoteError."""
+        frame = await self.read_frame(timeout, frame_timeout=frame_timeout)
+        if frame is None:
+            return None
+        message = decode_message(frame.payload, self.limits)
+        if frame.type is MsgType.ERROR:
+            code = str(message.meta.get("code", "internal"))
+            text = str(message.meta.get("message", "remote error"))
+            raise _remote_error(code, text)
+        return frame, message
+
+    def send(
+        self,
+        msg_type: MsgType,
+        meta: dict[str, Any] | None = None,
+        tensors: list[npt.NDArray[Any]] | None = None,
+        *,
+        request_id: int = 0,
+    ) -> None:
+        payload = encode_message(meta, tensors)
+        self.writer.write(encode_frame(msg_type, payload, request_id=request_id))
+
+    def send_error(self, code: str, message: str, *, request_id: int = 0) -> None:
+        self.writer.write(
+            encode_frame(MsgType.ERROR, error_payload(code, message), request_id=request_id)
+        )
+
+    async def drain(self, timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except TimeoutError as exc:
+            raise PeerTimeout(f"peer did not read our data within {timeout:g} s") from exc
+        except (ConnectionError, OSError) as exc:
+            raise ConnectError(f"connection lost: {exc}") from exc
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await self.writer.wait_closed()
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+
+
+def _remote_error(code: str, text: str) -> RemoteError:
+    cls = error_for_code(code)
+    return RemoteError(f"{text} [{cls.code}]", remote_code=code)
+
+
+async def open_framed(
+    host: str, port: int, *, timeout: float = 10.0, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> FramedStream:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK)
+    except TimeoutError as exc:
+        raise PeerTimeout(f"connecting to {host}:{port} timed out after {timeout:g} s") from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    return FramedStream(reader, writer, max_payload=max_payload)
+
+
+__all__ = ["FramedStream", "ProtocolError", "open_framed"]

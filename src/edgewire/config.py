@@ -30,6 +30,8 @@ class AgentConfig:
     legacy_bts0_port: int | None = None
     legacy_mnistprot_port: int | None = None
     legacy_mnistprot_model: str | None = None
+    #: The model a BTS0 connection trains (the seed's tester used an MNIST CNN).
+    bts0_model: str = "mnist_cnn"
     #: Seconds a connection may stay silent between frames.
     idle_timeout: float = 300.0
     #: Seconds a frame may take from its first byte to its last.

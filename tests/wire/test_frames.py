@@ -38,7 +38,12 @@ def raw_header(
     return HEADER.pack(magic, version, msg_type, flags, reserved, request_id, length, crc)
 
 
-@given(msg_type=types, payload=st.binary(max_size=2048), rid=st.integers(0, 2**32 - 1), flags=st.integers(0, 2**16 - 1))
+@given(
+    msg_type=types,
+    payload=st.binary(max_size=2048),
+    rid=st.integers(0, 2**32 - 1),
+    flags=st.integers(0, 2**16 - 1),
+)
 def test_round_trip(msg_type: MsgType, payload: bytes, rid: int, flags: int) -> None:
     data = encode_frame(msg_type, payload, request_id=rid, flags=flags)
     assert len(data) == HEADER_SIZE + len(payload)

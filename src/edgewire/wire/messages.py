@@ -91,7 +91,7 @@ def encode_message(
         parts.append(_TENSOR_HEAD.pack(code, arr.ndim, 0))
         parts.append(struct.pack(f"<{arr.ndim}I", *arr.shape))
         parts.append(_U64.pack(arr.nbytes))
-        parts.append(memoryview(arr).cast("B"))
+        parts.append(arr.data.cast("B") if arr.size else b"")
     return b"".join(parts)
 
 

@@ -1,0 +1,101 @@
+"""The opt-in JettyLink port: the seed's BTS0 batch stream, byte for byte.
+
+Each connection trains a fresh MNIST CNN on the batches it sends, answers each
+batch with the seed's text line and ``OK``, and when the sender hangs up saves a
+checkpoint and an ONNX model under ``<data-dir>/runs/bts0-<time>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from edgewire.errors import ConnectError, EdgewireError, PeerTimeout
+from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
+
+if TYPE_CHECKING:
+    from edgewire.agent.server import Agent
+    from edgewire.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 256 * 1024
+
+
+async def handle_bts0(
+    agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    loop = asyncio.get_running_loop()
+    cfg = agent.config
+    decoder = Bts0Decoder()
+    trainer: Trainer | None = None
+    batches = 0
+    try:
+        while not agent.stopping.is_set():
+            timeout = cfg.frame_timeout if decoder.buffered else cfg.idle_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(READ_CHUNK)
+            except TimeoutError as exc:
+                raise PeerTimeout(f"BTS0 sender silent for {timeout:g} s") from exc
+            except OSError as exc:
+                raise ConnectError(str(exc)) from exc
+            if not chunk:
+                decoder.flush()
+                return
+            for batch in decoder.feed(chunk):
+                if trainer is None:
+                    trainer = await loop.run_in_executor(
+                        agent.train_executor, _new_trainer, cfg.bts0_model
+                    )
+                reply = await loop.run_in_executor(agent.train_executor, _train, trainer, batch)
+                agent.metrics.train_batches_total.labels("train").inc()
+                agent.metrics.train_samples_total.inc(len(batch.labels))
+                batches += 1
+                writer.write(reply)
+                async with asyncio.timeout(cfg.idle_timeout):
+                    await writer.drain()
+    except (PeerTimeout, ConnectError, TimeoutError) as exc:
+        agent.metrics.errors_total.labels("bts0", "timeout").inc()
+        log.debug("BTS0 connection dropped: %s", exc)
+    except EdgewireError as exc:
+        agent.metrics.errors_total.labels("bts0", exc.code).inc()
+        log.info("BTS0 sender refused: %s", exc)
+        writer.write(ERR_REPLY)
+        try:
+            async with asyncio.timeout(1.0):
+                await writer.drain()
+        except (TimeoutError, OSError):
+            pass
+    finally:
+        writer.close()
+        if trainer is not None and batches:
+            await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
+
+
+def _new_trainer(model: str) -> Trainer:
+    from edgewire.train.trainer import Trainer, TrainSpec
+
+    return Trainer(TrainSpec(model=model, in_channels=1, height=28, width=28, num_classes=10))
+
+
+def _train(trainer: Trainer, batch: Bts0Batch) -> bytes:
+    import numpy as np
+
+    step = trainer.train_step(np.array(batch.images), batch.labels.astype(np.int64))
+    return format_reply(batch.header.batch_index, step.loss, step.correct / max(step.count, 1))
+
+
+def _save(agent: Agent, trainer: Trainer, batches: int) -> None:
+    from edgewire.train.checkpoint import save_checkpoint
+
+    name = time.strftime("bts0-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_dir = agent.config.data_dir / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        save_checkpoint(trainer, run_dir / "checkpoint.safetensors", meta={"batches": batches})
+        trainer.export_onnx(run_dir / "model.onnx")
+    except EdgewireError as exc:
+        log.warning("could not save the BTS0 run: %s", exc)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of one agent (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "edgewire_open_connections", "Open connections.", ["protocol"], registry=self.registry
+        )
+        self.connections_total = Counter(
+            "edgewire_connections_total",
+            "Accepted connections.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.rejected_total = Counter(
+            "edgewire_connections_rejected_total",
+            "Connections refused at the per-port limit.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.frames_total = Counter(
+            "edgewire_frames_total", "Frames received.", ["type"], registry=self.registry
+        )
+        self.errors_total = Counter(
+            "edgewire_protocol_errors_total",
+            "Connections ended by a protocol error or timeout.",
+            ["protocol", "code"],
+            registry=self.registry,
+        )
+        self.train_batches_total = Counter(
+            "edgewire_train_batches_total", "Batches applied.", ["split"], registry=self.registry
+        )
+        self.train_samples_total = Counter(
+            "edgewire_train_samples_total", "Training samples applied.", registry=self.registry
+        )
+        self.train_step_seconds = Histogram(
+            "edgewire_train_step_seconds",
+            "Time of one training step.",
+            buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,189 @@
+"""The agent's side of a streaming training run on the native port.
+
+The host sends TRAIN_BEGIN; we answer TRAIN_READY with the batch to start from
+and a window of credits. Each TRAIN_BATCH takes a credit; each TRAIN_FEEDBACK
+gives one back, so at most ``window`` batches are ever queued here. Reading and
+decoding overlap with training, which runs on the agent's training thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgewire.errors import ConfigError, ProtocolError
+from edgewire.train.session import BatchOutcome, RunPlan, RunState, apply_batch, finish_run
+from edgewire.wire.frames import Frame, MsgType
+from edgewire.wire.messages import Message, require_finite
+from edgewire.wire.stream import FramedStream
+
+if TYPE_CHECKING:
+    from edgewire.agent.server import Agent
+
+_END = None
+DEFAULT_WINDOW = 8
+
+
+def batch_tensors(message: Message) -> tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Check a TRAIN_BATCH message: (seq, images, labels)."""
+    seq = message.meta.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError(f"TRAIN_BATCH needs a non-negative integer 'seq', got {seq!r}")
+    if len(message.tensors) != 2:
+        raise ProtocolError(f"TRAIN_BATCH carries {len(message.tensors)} tensors, expected 2")
+    x, y = message.tensors
+    if x.dtype not in (np.uint8, np.float32) or x.ndim != 4:
+        raise ProtocolError(
+            f"images must be uint8 or float32 N×C×H×W, got {x.dtype}{list(x.shape)}"
+        )
+    if y.dtype.kind not in "iu" or y.ndim != 1 or y.shape[0] != x.shape[0] or not len(y):
+        raise ProtocolError(
+            f"labels must be N integers matching the images, got {y.dtype}{list(y.shape)}"
+        )
+    require_finite(x, "images")
+    return seq, x, y
+
+
+async def serve_training(
+    agent: Agent, stream: FramedStream, begin: Frame, message: Message
+) -> None:
+    from edgewire.train.trainer import TrainSpec
+
+    loop = asyncio.get_running_loop()
+    meta = message.meta
+    run_id = meta.get("run_id")
+    if not isinstance(run_id, str):
+        raise ConfigError(f"TRAIN_BEGIN needs a string run_id, got {run_id!r}")
+    spec = TrainSpec.from_dict(meta.get("spec") or {})
+    plan = RunPlan.from_dict(meta.get("plan"))
+    window = meta.get("window", DEFAULT_WINDOW)
+    if not isinstance(window, int) or window < 1:
+        raise ConfigError(f"window must be a positive integer, got {window!r}")
+    window = min(window, agent.config.max_train_window)
+    state, resumed = await loop.run_in_executor(
+        agent.train_executor,
+        lambda: agent.runs.open(
+            run_id=run_id, spec=spec, plan=plan, resume=bool(meta.get("resume"))
+        ),
+    )
+    try:
+        stream.send(
+            MsgType.TRAIN_READY,
+            {
+                "run_id": run_id,
+                "resumed": resumed,
+                "next_seq": state.next_seq,
+                "samples_seen": state.samples_seen,
+                "window": window,
+                "device": state.trainer.device,
+                "total": plan.total,
+            },
+            request_id=begin.request_id,
+        )
+        await stream.drain(agent.config.idle_timeout)
+        await _pump(agent, stream, state, window)
+    finally:
+        agent.runs.detach(state)
+
+
+async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int) -> None:
+    queue: asyncio.Queue[tuple[int, Any, Any] | None] = asyncio.Queue(maxsize=window)
+    worker = asyncio.create_task(_train_worker(agent, stream, state, queue))
+    cfg = agent.config
+    ended = False
+    try:
+        while not ended:
+            read = asyncio.create_task(
+                stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
+            )
+            stopping = asyncio.create_task(agent.stopping.wait())
+            done, _ = await asyncio.wait(
+                {read, stopping, worker}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
+            if read not in done:
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+                if worker in done:
+                    worker.result()  # raises the worker's error
+                raise _Draining()
+            got = read.result()
+            if got is None:
+                return
+            frame, message = got
+            agent.metrics.frames_total.labels(frame.type.name).inc()
+            if frame.type is MsgType.TRAIN_BATCH:
+                item = batch_tensors(message)
+                if queue.full():
+                    raise ProtocolError(f"more than {window} batches in flight (credit exceeded)")
+                queue.put_nowait(item)
+            elif frame.type is MsgType.TRAIN_END:
+                ended = True
+            elif frame.type is MsgType.PING:
+                stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
+            else:
+                raise ProtocolError(f"{frame.type.name} is not accepted during a training run")
+        await queue.put(_END)
+        await worker
+        summary = await asyncio.get_running_loop().run_in_executor(
+            agent.train_executor, finish_run, state
+        )
+        stream.send(MsgType.TRAIN_SUMMARY, summary)
+        await stream.drain(cfg.idle_timeout)
+    except _Draining:
+        await _stop_worker(worker, queue)
+        await asyncio.get_running_loop().run_in_executor(agent.train_executor, _checkpoint, state)
+        stream.send_error("shutting_down", "the agent is shutting down; resume the run later")
+    finally:
+        await _stop_worker(worker, queue)
+
+
+class _Draining(Exception):
+    pass
+
+
+def _checkpoint(state: RunState) -> None:
+    from edgewire.train.session import save_run_checkpoint
+
+    if state.next_seq:
+        save_run_checkpoint(state)
+
+
+async def _stop_worker(worker: asyncio.Task[None], queue: asyncio.Queue[Any]) -> None:
+    """Let the step in progress finish (a thread cannot be interrupted), drop the rest."""
+    if worker.done():
+        return
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(_END)
+    with contextlib.suppress(Exception):
+        await worker
+
+
+async def _train_worker(
+    agent: Agent, stream: FramedStream, state: RunState, queue: asyncio.Queue[Any]
+) -> None:
+    loop = asyncio.get_running_loop()
+    metrics = agent.metrics
+    while True:
+        item = await queue.get()
+        if item is _END:
+            return
+        seq, x, y = item
+        outcome: BatchOutcome = await loop.run_in_executor(
+            agent.train_executor, functools.partial(apply_batch, state, seq=seq, x=x, y=y)
+        )
+        if not outcome.duplicate:
+            metrics.train_batches_total.labels(outcome.split).inc()
+            if outcome.split == "train":
+                metrics.train_samples_total.inc(outcome.count)
+                metrics.train_step_seconds.observe(outcome.step_ms / 1000)
+        stream.send(MsgType.TRAIN_FEEDBACK, outcome.feedback(state.samples_seen), request_id=seq)
+        if outcome.epoch_summary is not None:
+            stream.send(MsgType.TRAIN_EPOCH, outcome.epoch_summary)
+        await stream.drain(agent.config.idle_timeout)

@@ -1,0 +1,77 @@
+"""Start a real ``edgewire agent`` process on loopback (benchmarks and tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+_PORTS = re.compile(r"edgewire agent on \S+: (.*); data in")
+
+
+class SpawnedAgent:
+    """``edgewire agent --port 0 --http-port 0``; ``ports`` maps names to bound ports."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgewire.cli", "agent", "--port", "0", "--http-port", "0",
+             "--data-dir", str(data_dir), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "300", **(env or {})},
+        )  # fmt: skip
+        self.ports: dict[str, int] = {}
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + start_timeout
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                break
+            seen.append(line)
+            match = _PORTS.search(line)
+            if match:
+                pairs = (item.split() for item in match.group(1).split(", "))
+                self.ports = {name: int(port) for name, port in pairs}
+                return
+        self.close()
+        raise RuntimeError(f"agent did not start (rc={self.proc.poll()}): {''.join(seen)[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.terminate(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> SpawnedAgent:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

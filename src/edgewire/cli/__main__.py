@@ -1,0 +1,3 @@
+from edgewire.cli.main import main
+
+main()

@@ -1,0 +1,54 @@
+"""The ``edgewire`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from edgewire import __version__
+from edgewire.cli.agent import agent_command
+from edgewire.cli.common import err_console
+from edgewire.cli.demo import demo_command
+from edgewire.cli.train import train_app
+from edgewire.errors import EXIT_CODES, EdgewireError
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="edgewire",
+    help="Machine learning at the edge: stream training, deploy and serve models over the network.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    epilog=_EPILOG,
+)
+app.command("agent", help="Run the device agent (native port, HTTP, legacy ports).")(agent_command)
+app.command("demo", help="The end-to-end demo on loopback.")(demo_command)
+app.add_typer(train_app, name="train", help="Train on a device over the network, or locally.")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgewireError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

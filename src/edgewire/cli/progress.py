@@ -1,0 +1,91 @@
+"""Live display of a training run (streamed or local), or JSON lines with --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+class TrainDisplay:
+    """Takes the (kind, data) events of a run and shows them."""
+
+    def __init__(self, *, console: Console, total: int, as_json: bool = False) -> None:
+        self.console = console
+        self.as_json = as_json
+        self.total = total
+        self.samples = 0
+        self.started = time.perf_counter()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("step {task.fields[step]}"),
+            TextColumn("mem {task.fields[mem]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            "training", total=total, rate="", loss="-", acc="-", step="-", mem="-"
+        )
+
+    def __enter__(self) -> TrainDisplay:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.__exit__(et, ev, tb)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.started, 1e-9)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps({"event": kind, **data}) + "\n")
+            sys.stdout.flush()
+        if kind == "ready":
+            done = int(data.get("next_seq", 0))
+            self._progress.update(self._task, completed=done)
+            self.started = time.perf_counter()
+            if data.get("resumed") and not self.as_json:
+                self.console.print(
+                    f"resuming run {data['run_id']!r} at batch {done} (device: {data['device']})"
+                )
+        elif kind == "feedback":
+            if data.get("split") == "train" and not data.get("duplicate"):
+                self.samples += int(data["count"])
+            mem = int(data.get("memory_bytes", 0))
+            self._progress.update(
+                self._task,
+                advance=1,
+                description=f"epoch {int(data['epoch']) + 1} {data['split']}",
+                rate=f"{self.samples_per_s:,.0f} samples/s",
+                loss=f"{float(data['loss']):.4f}",
+                acc=_pct(float(data["accuracy"])),
+                step=f"{float(data['step_ms']):.1f} ms",
+                mem=f"{mem / 2**20:.0f} MB" if mem else "-",
+            )
+        elif kind == "epoch" and not self.as_json:
+            train = data["train"]
+            line = f"epoch {int(data['epoch']) + 1}: train loss {train['loss']:.4f} acc {_pct(train['accuracy'])}"
+            if data.get("val"):
+                val = data["val"]
+                line += f" | held-out loss {val['loss']:.4f} acc {_pct(val['accuracy'])}"
+            self._progress.console.print(line, highlight=False)

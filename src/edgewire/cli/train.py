@@ -1,0 +1,146 @@
+"""``edgewire train stream`` (train on a device) and ``edgewire train run`` (train here)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from edgewire.cli.common import console, parse_address, run
+from edgewire.cli.progress import TrainDisplay
+
+train_app = typer.Typer(no_args_is_help=True)
+
+DATA_HELP = "mnist5k (5,000 real MNIST digits), digits (sklearn 8×8), or a PATH: IDX folder, .npz, image folder."
+
+
+def load_splits(
+    data: str, *, val_fraction: float, limit: int | None, image_size: int | None, seed: int
+) -> tuple[Any, Any]:
+    from edgewire.data.datasets import load_dataset
+
+    dataset = load_dataset(data, image_size=image_size, limit=limit)
+    if val_fraction <= 0:
+        return dataset, None
+    return dataset.split(val_fraction=val_fraction, seed=seed)
+
+
+def spec_dict(dataset: Any, *, model: str, optimizer: str, lr: float, seed: int) -> dict[str, Any]:
+    channels, height, width = dataset.shape
+    return {
+        "model": model,
+        "in_channels": channels,
+        "height": height,
+        "width": width,
+        "num_classes": dataset.num_classes,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+    }
+
+
+@train_app.command("stream", help="Stream a data set to an agent that trains on-device.")
+def stream_command(
+    to: str = typer.Option("127.0.0.1:7700", "--to", help="Agent HOST:PORT (native port)."),
+    data: str = typer.Option("mnist5k", help=DATA_HELP),
+    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5 or resnet_small."),
+    batch_size: int = typer.Option(32, min=1, max=65536),
+    epochs: int = typer.Option(1, min=1),
+    lr: float = typer.Option(1e-3, min=0.0),
+    optimizer: str = typer.Option("adam", help="adam or sgd."),
+    checkpoint_every: int = typer.Option(
+        50, min=0, help="Checkpoint every N train batches (0: epoch ends only)."
+    ),
+    window: int = typer.Option(8, min=1, help="Batches in flight."),
+    val_fraction: float = typer.Option(
+        0.1, min=0.0, max=0.9, help="Held-out share, evaluated each epoch."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Use only this many samples."),
+    image_size: int | None = typer.Option(None, min=4, help="Resize folder images to this size."),
+    run_id: str | None = typer.Option(None, help="Name of the run [default: MODEL-DATA]."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run from its last checkpoint."
+    ),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(
+        False, "--json", help="Write events as JSON lines instead of the live display."
+    ),
+) -> None:
+    from edgewire.train.stream_client import StreamOptions, plan_for, stream_training
+
+    host, port = parse_address(to, default_port=7700)
+    train, val = load_splits(
+        data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed
+    )
+    options = StreamOptions(
+        run_id=run_id or f"{model}-{train.name}",
+        spec=spec_dict(train, model=model, optimizer=optimizer, lr=lr, seed=seed),
+        epochs=epochs,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        window=window,
+        resume=resume,
+        seed=seed,
+    )
+    plan = plan_for(train, val, options)
+    total = epochs * (plan["train_batches"] + plan["val_batches"])
+    with TrainDisplay(console=console, total=total, as_json=as_json) as display:
+        summary = run(stream_training(host, port, train, val, options, on_event=display))
+    if not as_json:
+        print_summary(summary, samples_per_s=display.samples_per_s, title=f"run {options.run_id}")
+
+
+@train_app.command("run", help="Train here, in-process, and export ONNX.")
+def run_command(
+    data: str = typer.Option("mnist5k", help=DATA_HELP),
+    model: str = typer.Option("mnist_cnn"),
+    batch_size: int = typer.Option(32, min=1),
+    epochs: int = typer.Option(1, min=1),
+    lr: float = typer.Option(1e-3, min=0.0),
+    optimizer: str = typer.Option("adam"),
+    val_fraction: float = typer.Option(0.1, min=0.0, max=0.9),
+    limit: int | None = typer.Option(None, min=1),
+    image_size: int | None = typer.Option(None, min=4),
+    output: Path = typer.Option(
+        Path("model.onnx"), "--output", "-o", help="Where the ONNX model goes."
+    ),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    from edgewire.train.local import train_local
+    from edgewire.train.trainer import Trainer, TrainSpec
+
+    train, val = load_splits(
+        data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed
+    )
+    trainer = Trainer(
+        TrainSpec.from_dict(spec_dict(train, model=model, optimizer=optimizer, lr=lr, seed=seed))
+    )
+    total = epochs * math.ceil(len(train) / batch_size)
+    with TrainDisplay(console=console, total=total, as_json=as_json) as display:
+        display("ready", {"next_seq": 0})
+        summary = train_local(
+            trainer, train, val, epochs=epochs, batch_size=batch_size, seed=seed, on_event=display
+        )
+    summary["onnx"] = str(trainer.export_onnx(output))
+    if not as_json:
+        print_summary(summary, samples_per_s=display.samples_per_s, title="local run")
+
+
+def print_summary(summary: dict[str, Any], *, samples_per_s: float, title: str) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_row("samples trained", f"{summary['samples_seen']:,}")
+    table.add_row("samples/s", f"{samples_per_s:,.0f}")
+    final = summary.get("final") or {}
+    if final.get("train"):
+        table.add_row("train accuracy (last epoch)", f"{100 * final['train']['accuracy']:.1f}%")
+    if final.get("val"):
+        table.add_row("held-out accuracy", f"{100 * final['val']['accuracy']:.1f}%")
+    if summary.get("onnx"):
+        table.add_row("ONNX model", str(summary["onnx"]))
+    if summary.get("checkpoint"):
+        table.add_row("checkpoint", str(summary["checkpoint"]))
+    console.print(table)

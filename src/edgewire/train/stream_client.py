@@ -1,0 +1,189 @@
+"""Host side of a streaming training run: send batches, keep a window in flight.
+
+Credit-based backpressure: the agent grants ``window`` credits in TRAIN_READY;
+sending a batch spends one, each TRAIN_FEEDBACK returns one. The sender never
+waits for a round trip per batch (the seed's stop-and-wait did), yet the agent
+never holds more than ``window`` batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgewire.errors import ProtocolError
+from edgewire.wire.frames import MsgType
+from edgewire.wire.stream import FramedStream, open_framed
+
+if TYPE_CHECKING:
+    from edgewire.data.datasets import Dataset
+
+#: (kind, data): kind is "ready", "feedback", "epoch" or "summary".
+EventHandler = Callable[[str, dict[str, Any]], None]
+READY_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamOptions:
+    run_id: str
+    spec: dict[str, Any]
+    epochs: int = 1
+    batch_size: int = 32
+    checkpoint_every: int = 0
+    window: int = 8
+    resume: bool = False
+    seed: int = 0
+    #: Seconds to wait for any word from the agent while batches are in flight.
+    timeout: float = 300.0
+
+
+def plan_for(train: Dataset, val: Dataset | None, options: StreamOptions) -> dict[str, int]:
+    return {
+        "epochs": options.epochs,
+        "train_batches": math.ceil(len(train) / options.batch_size),
+        "val_batches": math.ceil(len(val) / options.batch_size) if val is not None else 0,
+        "checkpoint_every": options.checkpoint_every,
+    }
+
+
+class _Batches:
+    """Batch ``seq`` of the run, computed the same way on every (re)start."""
+
+    def __init__(
+        self, train: Dataset, val: Dataset | None, plan: dict[str, int], options: StreamOptions
+    ):
+        self.train, self.val, self.plan, self.options = train, val, plan, options
+        self._epoch = -1
+        self._order: list[np.ndarray[Any, Any]] = []
+
+    def get(self, seq: int) -> tuple[int, str, np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        from edgewire.data.datasets import batch_order
+
+        per_epoch = self.plan["train_batches"] + self.plan["val_batches"]
+        epoch, pos = divmod(seq, per_epoch)
+        bs = self.options.batch_size
+        if pos < self.plan["train_batches"]:
+            if epoch != self._epoch:
+                self._order = batch_order(
+                    len(self.train), batch_size=bs, epoch=epoch, seed=self.options.seed
+                )
+                self._epoch = epoch
+            idx = self._order[pos]
+            return epoch, "train", self.train.x[idx], self.train.y[idx]
+        assert self.val is not None
+        start = (pos - self.plan["train_batches"]) * bs
+        return epoch, "val", self.val.x[start : start + bs], self.val.y[start : start + bs]
+
+
+async def stream_training(
+    host: str,
+    port: int,
+    train: Dataset,
+    val: Dataset | None,
+    options: StreamOptions,
+    *,
+    on_event: EventHandler | None = None,
+) -> dict[str, Any]:
+    """Stream a whole run to the agent; returns the agent's TRAIN_SUMMARY."""
+    emit = on_event or (lambda kind, data: None)
+    plan = plan_for(train, val, options)
+    stream = await open_framed(host, port)
+    try:
+        stream.send(
+            MsgType.TRAIN_BEGIN,
+            {
+                "run_id": options.run_id,
+                "spec": options.spec,
+                "plan": plan,
+                "window": options.window,
+                "resume": options.resume,
+            },
+        )
+        await stream.drain(options.timeout)
+        got = await stream.read_message(READY_TIMEOUT)
+        if got is None or got[0].type is not MsgType.TRAIN_READY:
+            raise ProtocolError("the agent did not answer TRAIN_BEGIN with TRAIN_READY")
+        ready = got[1].meta
+        emit("ready", ready)
+        window = int(ready["window"])
+        credits = asyncio.Semaphore(window)
+        total = plan["epochs"] * (plan["train_batches"] + plan["val_batches"])
+        sender = asyncio.create_task(
+            _send_all(
+                stream,
+                _Batches(train, val, plan, options),
+                int(ready["next_seq"]),
+                total,
+                credits,
+                options,
+            )
+        )
+        try:
+            return await _receive(stream, credits, emit, sender, options)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+    finally:
+        await stream.close()
+
+
+async def _send_all(
+    stream: FramedStream,
+    batches: _Batches,
+    start: int,
+    total: int,
+    credits: asyncio.Semaphore,
+    options: StreamOptions,
+) -> None:
+    for seq in range(start, total):
+        await credits.acquire()
+        epoch, split, x, y = batches.get(seq)
+        stream.send(
+            MsgType.TRAIN_BATCH,
+            {"seq": seq, "epoch": epoch, "split": split},
+            [np.ascontiguousarray(x), y.astype(np.int64, copy=False)],
+            request_id=seq % 2**32,
+        )
+        await stream.drain(options.timeout)
+    stream.send(MsgType.TRAIN_END, {})
+    await stream.drain(options.timeout)
+
+
+async def _receive(
+    stream: FramedStream,
+    credits: asyncio.Semaphore,
+    emit: EventHandler,
+    sender: asyncio.Task[None],
+    options: StreamOptions,
+) -> dict[str, Any]:
+    while True:
+        read = asyncio.ensure_future(stream.read_message(options.timeout))
+        done, _ = await asyncio.wait({read, sender}, return_when=asyncio.FIRST_COMPLETED)
+        if read not in done:
+            # The sender finished (or failed); a failure is the real error.
+            if sender.exception() is not None:
+                read.cancel()
+                raise sender.exception()  # type: ignore[misc]
+            got = await read
+        else:
+            got = read.result()
+        if got is None:
+            raise ProtocolError("the agent closed the connection before the run summary")
+        frame, message = got
+        if frame.type is MsgType.TRAIN_FEEDBACK:
+            credits.release()
+            emit("feedback", message.meta)
+        elif frame.type is MsgType.TRAIN_EPOCH:
+            emit("epoch", message.meta)
+        elif frame.type is MsgType.TRAIN_SUMMARY:
+            emit("summary", message.meta)
+            return message.meta
+        elif frame.type is not MsgType.PONG:
+            raise ProtocolError(f"unexpected {frame.type.name} during a training run")

@@ -1,0 +1,69 @@
+"""Test helpers: a real agent on loopback, in a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edgewire.agent.server import Agent
+from edgewire.config import AgentConfig
+
+
+@dataclasses.dataclass
+class RunningAgent:
+    agent: Agent
+    loop: asyncio.AbstractEventLoop
+    config: AgentConfig
+
+    @property
+    def native(self) -> int:
+        return self.agent.ports["native"]
+
+    @property
+    def http(self) -> int:
+        return self.agent.ports["http"]
+
+    def port(self, name: str) -> int:
+        return self.agent.ports[name]
+
+
+@contextmanager
+def agent_in_thread(data_dir: Path, **overrides: Any) -> Iterator[RunningAgent]:
+    """Start a real Agent on 127.0.0.1 (ephemeral ports) and stop it afterwards."""
+    config = AgentConfig(host="127.0.0.1", port=0, http_port=0, data_dir=data_dir, **overrides)
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        agent = None
+        try:
+            agent = Agent(config)
+            await agent.start()
+        except BaseException as exc:
+            box["error"] = exc
+            started.set()
+            if agent is not None:
+                await agent.stop()
+            return
+        box["agent"], box["loop"] = agent, asyncio.get_running_loop()
+        started.set()
+        await agent.serve_forever()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert started.wait(30), "agent did not start"
+    if "error" in box:
+        thread.join(10)
+        raise box["error"]
+    running = RunningAgent(agent=box["agent"], loop=box["loop"], config=config)
+    try:
+        yield running
+    finally:
+        running.loop.call_soon_threadsafe(running.agent.request_stop)
+        thread.join(30)
+        assert not thread.is_alive(), "agent did not stop"

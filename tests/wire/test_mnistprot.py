@@ -36,7 +36,7 @@ OUTPUT = np.linspace(-1.0, 1.0, OUTPUT_LEN, dtype=np.float32)
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-def bits(a: np.ndarray) -> np.ndarray:
+def bits(a: np.ndarray | float) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).view(np.uint32)
 
 
@@ -93,8 +93,9 @@ def request_with(
 
 
 def table_vtable_delta(buf: bytes, table: int) -> int:
-    """The signed offset from a table to its vtable (negative: vtable lies after it)."""
-    return -struct.unpack_from("<i", buf, table)[0]
+    """Vtable position minus table position (positive: the vtable lies after the table)."""
+    (soffset,) = struct.unpack_from("<i", buf, table)
+    return -int(soffset)
 
 
 # --- sizes and the seed's bytes ---

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import queue
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,26 +92,43 @@ async def serve_training(
 
 
 async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int) -> None:
-    queue: asyncio.Queue[tuple[int, Any, Any] | None] = asyncio.Queue(maxsize=window)
-    worker = asyncio.create_task(_train_worker(agent, stream, state, queue))
+    loop = asyncio.get_running_loop()
+    # The training thread takes batches straight from a thread-safe queue and
+    # never waits for the event loop between steps: on a 2-core board a round
+    # trip through a busy loop per batch would idle the trainer for most of a ms.
+    jobs: queue.Queue[tuple[int, Any, Any] | None] = queue.Queue(maxsize=window)
+
+    unanswered = 0  # batches received minus feedback sent: the credits in use
+
+    def deliver(outcome: BatchOutcome) -> None:
+        nonlocal unanswered
+        unanswered -= 1
+        _send_feedback(agent, stream, state, outcome)
+
+    worker = loop.run_in_executor(
+        agent.train_executor,
+        _train_thread,
+        state,
+        jobs,
+        lambda outcome: loop.call_soon_threadsafe(deliver, outcome),
+    )
     cfg = agent.config
     ended = False
     try:
         while not ended:
-            read = asyncio.create_task(
+            read = asyncio.ensure_future(
                 stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
             )
-            stopping = asyncio.create_task(agent.stopping.wait())
-            done, _ = await asyncio.wait(
-                {read, stopping, worker}, return_when=asyncio.FIRST_COMPLETED
-            )
+            stopping = asyncio.ensure_future(agent.stopping.wait())
+            waiting: set[asyncio.Future[Any]] = {read, stopping, worker}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
             if read not in done:
                 read.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await read
                 if worker in done:
-                    worker.result()  # raises the worker's error
+                    worker.result()  # raises the training thread's error
                 raise _Draining()
             got = read.result()
             if got is None:
@@ -119,28 +137,27 @@ async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int
             agent.metrics.frames_total.labels(frame.type.name).inc()
             if frame.type is MsgType.TRAIN_BATCH:
                 item = batch_tensors(message)
-                if queue.full():
+                unanswered += 1
+                if unanswered > window:
                     raise ProtocolError(f"more than {window} batches in flight (credit exceeded)")
-                queue.put_nowait(item)
+                jobs.put_nowait(item)  # cannot be full: it holds at most `window` batches
             elif frame.type is MsgType.TRAIN_END:
                 ended = True
             elif frame.type is MsgType.PING:
                 stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
             else:
                 raise ProtocolError(f"{frame.type.name} is not accepted during a training run")
-        await queue.put(_END)
+        await asyncio.to_thread(jobs.put, _END)
         await worker
-        summary = await asyncio.get_running_loop().run_in_executor(
-            agent.train_executor, finish_run, state
-        )
+        summary = await loop.run_in_executor(agent.train_executor, finish_run, state)
         stream.send(MsgType.TRAIN_SUMMARY, summary)
         await stream.drain(cfg.idle_timeout)
     except _Draining:
-        await _stop_worker(worker, queue)
-        await asyncio.get_running_loop().run_in_executor(agent.train_executor, _checkpoint, state)
+        await _stop_worker(worker, jobs)
+        await loop.run_in_executor(agent.train_executor, _checkpoint, state)
         stream.send_error("shutting_down", "the agent is shutting down; resume the run later")
     finally:
-        await _stop_worker(worker, queue)
+        await _stop_worker(worker, jobs)
 
 
 class _Draining(Exception):
@@ -154,36 +171,43 @@ def _checkpoint(state: RunState) -> None:
         save_run_checkpoint(state)
 
 
-async def _stop_worker(worker: asyncio.Task[None], queue: asyncio.Queue[Any]) -> None:
+async def _stop_worker(worker: asyncio.Future[None], jobs: queue.Queue[Any]) -> None:
     """Let the step in progress finish (a thread cannot be interrupted), drop the rest."""
     if worker.done():
         return
-    while not queue.empty():
-        queue.get_nowait()
-    queue.put_nowait(_END)
+    with contextlib.suppress(queue.Empty):
+        while True:
+            jobs.get_nowait()
+    jobs.put_nowait(_END)
     with contextlib.suppress(Exception):
         await worker
 
 
-async def _train_worker(
-    agent: Agent, stream: FramedStream, state: RunState, queue: asyncio.Queue[Any]
+def _train_thread(
+    state: RunState, jobs: queue.Queue[Any], post: Callable[[BatchOutcome], object]
 ) -> None:
-    loop = asyncio.get_running_loop()
-    metrics = agent.metrics
+    """Runs on the training thread for a whole stream: step, post the outcome, repeat."""
     while True:
-        item = await queue.get()
+        item = jobs.get()
         if item is _END:
             return
         seq, x, y = item
-        outcome: BatchOutcome = await loop.run_in_executor(
-            agent.train_executor, functools.partial(apply_batch, state, seq=seq, x=x, y=y)
-        )
-        if not outcome.duplicate:
-            metrics.train_batches_total.labels(outcome.split).inc()
-            if outcome.split == "train":
-                metrics.train_samples_total.inc(outcome.count)
-                metrics.train_step_seconds.observe(outcome.step_ms / 1000)
-        stream.send(MsgType.TRAIN_FEEDBACK, outcome.feedback(state.samples_seen), request_id=seq)
-        if outcome.epoch_summary is not None:
-            stream.send(MsgType.TRAIN_EPOCH, outcome.epoch_summary)
-        await stream.drain(agent.config.idle_timeout)
+        post(apply_batch(state, seq=seq, x=x, y=y))
+
+
+def _send_feedback(
+    agent: Agent, stream: FramedStream, state: RunState, outcome: BatchOutcome
+) -> None:
+    # Feedback is small and one per batch the host sent against its credits, so
+    # the write buffer is bounded by the window without waiting on drain here.
+    metrics = agent.metrics
+    if not outcome.duplicate:
+        metrics.train_batches_total.labels(outcome.split).inc()
+        if outcome.split == "train":
+            metrics.train_samples_total.inc(outcome.count)
+            metrics.train_step_seconds.observe(outcome.step_ms / 1000)
+    if stream.writer.is_closing():
+        return
+    stream.send(MsgType.TRAIN_FEEDBACK, outcome.feedback(), request_id=outcome.seq % 2**32)
+    if outcome.epoch_summary is not None:
+        stream.send(MsgType.TRAIN_EPOCH, outcome.epoch_summary)

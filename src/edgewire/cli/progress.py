@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 
 def _pct(value: float) -> str:
@@ -27,21 +27,19 @@ class TrainDisplay:
         self.started = time.perf_counter()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
-            TextColumn("step {task.fields[step]}"),
-            TextColumn("mem {task.fields[mem]}"),
-            TimeElapsedColumn(),
+            TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"),
+            TextColumn("{task.fields[step]} {task.fields[mem]}"),
             console=console,
             disable=as_json,
             transient=False,
         )
         self._task = self._progress.add_task(
-            "training", total=total, rate="", loss="-", acc="-", step="-", mem="-"
+            "training", total=total, rate="", loss="-", acc="-", step="", mem=""
         )
+        self._mem = ""
 
     def __enter__(self) -> TrainDisplay:
         self._progress.__enter__()
@@ -72,15 +70,17 @@ class TrainDisplay:
             if data.get("split") == "train" and not data.get("duplicate"):
                 self.samples += int(data["count"])
             mem = int(data.get("memory_bytes", 0))
+            if mem:
+                self._mem = f"{mem / 2**20:.0f} MB"
             self._progress.update(
                 self._task,
                 advance=1,
-                description=f"epoch {int(data['epoch']) + 1} {data['split']}",
-                rate=f"{self.samples_per_s:,.0f} samples/s",
+                description=f"e{int(data['epoch']) + 1} {data['split']}",
+                rate=f"{self.samples_per_s:,.0f}/s",
                 loss=f"{float(data['loss']):.4f}",
                 acc=_pct(float(data["accuracy"])),
-                step=f"{float(data['step_ms']):.1f} ms",
-                mem=f"{mem / 2**20:.0f} MB" if mem else "-",
+                step=f"{float(data['step_ms']):.0f} ms",
+                mem=self._mem,
             )
         elif kind == "epoch" and not self.as_json:
             train = data["train"]

@@ -136,11 +136,13 @@ class BatchOutcome:
     step_ms: float
     memory_bytes: int
     duplicate: bool = False
+    #: Samples trained in the run once this batch was applied.
+    samples_seen: int = 0
     #: Set when this batch closed an epoch: that epoch's summary.
     epoch_summary: dict[str, Any] | None = None
     checkpointed: bool = False
 
-    def feedback(self, samples_seen: int) -> dict[str, Any]:
+    def feedback(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "epoch": self.epoch,
@@ -151,7 +153,7 @@ class BatchOutcome:
             "step_ms": round(self.step_ms, 3),
             "memory_bytes": self.memory_bytes,
             "duplicate": self.duplicate,
-            "samples_seen": samples_seen,
+            "samples_seen": self.samples_seen,
             "checkpointed": self.checkpointed,
         }
 
@@ -254,7 +256,7 @@ def apply_batch(
         epoch, split, _ = state.plan.locate(seq)
         return BatchOutcome(
             seq=seq, epoch=epoch, split=split, loss=0.0, correct=0, count=0,
-            step_ms=0.0, memory_bytes=0, duplicate=True,
+            step_ms=0.0, memory_bytes=0, duplicate=True, samples_seen=state.samples_seen,
         )  # fmt: skip
     if seq != state.next_seq:
         raise ProtocolError(f"batch {seq} arrived but batch {state.next_seq} was expected")
@@ -296,7 +298,7 @@ def apply_batch(
     return BatchOutcome(
         seq=seq, epoch=epoch, split=split, loss=loss, correct=correct, count=count,
         step_ms=step_ms, memory_bytes=memory, epoch_summary=epoch_summary,
-        checkpointed=checkpointed,
+        checkpointed=checkpointed, samples_seen=state.samples_seen,
     )  # fmt: skip
 
 

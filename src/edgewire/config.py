@@ -44,6 +44,20 @@ class AgentConfig:
     max_connections: int = 20_000
     #: Seconds SIGTERM waits for in-flight work before closing connections.
     drain_timeout: float = 10.0
+    #: Rows per model call when batching requests together.
+    max_batch_size: int = 32
+    #: How long the first request of a batch may wait for company (ms).
+    max_queue_delay_ms: float = 2.0
+    #: Requests waiting per model; beyond this clients get a fast "busy".
+    max_queue: int = 4096
+    #: ONNX Runtime threads inside one model call (0: its default).
+    intra_op_threads: int = 0
+    #: Largest model upload accepted over HTTP (bytes).
+    max_upload_bytes: int = 512 * 1024 * 1024
+    #: Largest HTTP inference request body (bytes).
+    max_request_bytes: int = 16 * 1024 * 1024
+    #: Requests one native connection may have in flight.
+    max_inflight_per_connection: int = 64
 
     def __post_init__(self) -> None:
         for name in ("port", "http_port", "legacy_bts0_port", "legacy_mnistprot_port"):

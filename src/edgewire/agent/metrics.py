@@ -45,5 +45,18 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        self.infer_requests_total = Counter(
+            "edgewire_infer_requests_total",
+            "Inference requests answered.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.infer_errors_total = Counter(
+            "edgewire_infer_errors_total",
+            "Inference requests refused or failed.",
+            ["protocol", "code"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

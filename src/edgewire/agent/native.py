@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgewire import __version__
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
 from edgewire.wire.frames import VERSION, MsgType
+from edgewire.wire.messages import Message
 from edgewire.wire.stream import FramedStream
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ async def handle_native(
 ) -> None:
     cfg = agent.config
     stream = FramedStream(reader, writer, max_payload=cfg.max_frame_bytes)
+    inflight: set[asyncio.Task[None]] = set()
     try:
         while not agent.stopping.is_set():
             got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
@@ -34,6 +36,15 @@ async def handle_native(
                 stream.send(MsgType.CAPABILITIES, capabilities(agent), request_id=frame.request_id)
             elif frame.type is MsgType.PING:
                 stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
+            elif frame.type is MsgType.INFER_REQUEST:
+                if len(inflight) >= cfg.max_inflight_per_connection:
+                    raise ProtocolError(
+                        f"more than {cfg.max_inflight_per_connection} requests in flight"
+                    )
+                task = asyncio.create_task(_infer(agent, stream, frame.request_id, message))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                continue  # the request's task writes and drains its answer
             elif frame.type is MsgType.TRAIN_BEGIN:
                 from edgewire.agent.train_stream import serve_training
 
@@ -52,7 +63,48 @@ async def handle_native(
         with contextlib.suppress(EdgewireError):
             await stream.drain(1.0)
     finally:
+        if inflight:
+            await asyncio.wait(inflight, timeout=cfg.drain_timeout)
         await stream.close()
+
+
+async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: Message) -> None:
+    """One inference request; its errors go back to the client, the connection stays."""
+    meta = message.meta
+    try:
+        model = meta.get("model")
+        if not isinstance(model, str):
+            raise ProtocolError(f"INFER_REQUEST needs a string 'model', got {model!r}")
+        names = meta.get("inputs")
+        inputs: dict[str, Any] | list[Any] = message.tensors
+        if names is not None:
+            if not isinstance(names, list) or len(names) != len(message.tensors):
+                raise ProtocolError("'inputs' must name each tensor of the request")
+            inputs = dict(zip(names, message.tensors, strict=True))
+        deadline = meta.get("deadline_ms")
+        served = await agent.serving.infer(
+            model, inputs, deadline_ms=float(deadline) if deadline is not None else None
+        )
+        result = served.result
+        stream.send(
+            MsgType.INFER_RESPONSE,
+            {
+                "model": model,
+                "version": served.version.version,
+                "outputs": list(result.outputs),
+                "queue_ms": round(result.queue_ms, 3),
+                "compute_ms": round(result.compute_ms, 3),
+                "batch_size": result.batch_size,
+            },
+            list(result.outputs.values()),
+            request_id=request_id,
+        )
+        agent.metrics.infer_requests_total.labels("native").inc()
+    except EdgewireError as exc:
+        agent.metrics.infer_errors_total.labels("native", exc.code).inc()
+        stream.send_error(exc.code, exc.message, request_id=request_id)
+    with contextlib.suppress(EdgewireError):
+        await stream.drain(agent.config.idle_timeout)
 
 
 def capabilities(agent: Agent) -> dict[str, object]:
@@ -64,4 +116,17 @@ def capabilities(agent: Agent) -> dict[str, object]:
         "max_frame_bytes": cfg.max_frame_bytes,
         "max_train_window": cfg.max_train_window,
         "features": sorted(agent.features),
+        "models": [_model_info(agent, name) for name in agent.serving.names()],
+    }
+
+
+def _model_info(agent: Agent, name: str) -> dict[str, object]:
+    version = agent.serving.loaded(name).version
+    return {
+        "name": name,
+        "version": version.version,
+        "inputs": [t.to_dict() for t in version.inputs],
+        "outputs": [t.to_dict() for t in version.outputs],
+        "labels": list(version.labels) if version.labels else None,
+        "preprocessing": version.preprocessing,
     }

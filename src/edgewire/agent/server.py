@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from edgewire.agent.metrics import AgentMetrics
+from edgewire.agent.serving import Serving
 from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
 from edgewire.train.session import RunRegistry
@@ -38,9 +39,10 @@ class Agent:
         self.config = config
         self.metrics = AgentMetrics()
         self.runs = RunRegistry(config.data_dir / "runs")
+        self.serving = Serving(config)
         # Training is CPU-bound and a model is not thread-safe: one training thread.
         self.train_executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-train")
-        self.features: set[str] = {"health", "metrics", "train.stream"}
+        self.features: set[str] = {"health", "metrics", "train.stream", "infer", "kserve.v2"}
         self.ports: dict[str, int] = {}
         self.stopping = asyncio.Event()
         self._started = False
@@ -63,12 +65,20 @@ class Agent:
             raise ConfigError(f"cannot create data dir {str(cfg.data_dir)!r}: {exc}") from exc
         from edgewire.agent.native import handle_native
 
+        await self.serving.start()
         await self._listen("native", cfg.port, lambda r, w: handle_native(self, r, w))
         if cfg.legacy_bts0_port is not None:
             from edgewire.agent.bts0 import handle_bts0
 
             self.features.add("legacy.bts0")
             await self._listen("bts0", cfg.legacy_bts0_port, lambda r, w: handle_bts0(self, r, w))
+        if cfg.legacy_mnistprot_port is not None:
+            from edgewire.agent.mnistprot import handle_mnistprot
+
+            self.features.add("legacy.mnistprot")
+            await self._listen(
+                "mnistprot", cfg.legacy_mnistprot_port, lambda r, w: handle_mnistprot(self, r, w)
+            )
         await self._start_http()
         self._started = True
         log.info("edgewire agent listening: %s", self.ports)
@@ -177,6 +187,7 @@ class Agent:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        await self.serving.stop()
         self.train_executor.shutdown(wait=True)
 
 

@@ -1,0 +1,181 @@
+"""Model management over HTTP: upload, list, activate, roll back, delete. Token-guarded.
+
+    PUT    /api/models/{name}?sha256=HEX&alias=production   body: the ONNX file
+    GET    /api/models
+    POST   /api/models/{name}/activate   {"version": 3, "alias": "production"}
+    POST   /api/models/{name}/rollback   {"alias": "production"}
+    DELETE /api/models/{name}/versions/{version}
+
+An upload is streamed to disk under a size cap, checked against its sha256,
+stored as a new version, loaded and warmed up; only then does the alias move.
+A model that fails any step leaves the previous version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from edgewire.errors import (
+    ConfigError,
+    EdgewireError,
+    FrameTooLarge,
+    ModelError,
+    PeerTimeout,
+    ProtocolError,
+)
+
+if TYPE_CHECKING:
+    from edgewire.agent.server import Agent
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+UPLOAD_CHUNK_TIMEOUT = 30.0
+DEFAULT_ALIAS = "production"
+
+
+async def _stream_to_file(request: Request, path: Path, *, cap: int) -> int:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise FrameTooLarge(f"upload of {declared} bytes is over the limit of {cap}")
+    if request.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+        raise ProtocolError("compressed uploads are not accepted; send the file as it is")
+    total = 0
+    stream = request.stream().__aiter__()
+    with path.open("wb") as out:
+        while True:
+            try:
+                async with asyncio.timeout(UPLOAD_CHUNK_TIMEOUT):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise PeerTimeout(f"upload stalled for {UPLOAD_CHUNK_TIMEOUT:g} s") from None
+            total += len(chunk)
+            if total > cap:
+                raise FrameTooLarge(f"upload is over the limit of {cap} bytes")
+            out.write(chunk)
+    return total
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    from edgewire.agent.http import read_body
+
+    raw = await read_body(request, cap=64 * 1024)
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("the body must be a JSON object")
+    return body
+
+
+def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
+    from edgewire.agent.http import check_management, error_response
+
+    serving = agent.serving
+    store = serving.store
+
+    def guarded(handler: Endpoint) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            try:
+                check_management(agent, request)
+                return await handler(request)
+            except EdgewireError as exc:
+                status = 422 if isinstance(exc, ModelError) and request.method != "GET" else None
+                if isinstance(exc, ModelError) and "not found" in exc.message.lower():
+                    status = 404
+                return error_response(exc, status=status)
+
+        return endpoint
+
+    async def upload(request: Request) -> Response:
+        name = request.path_params["name"]
+        alias = request.query_params.get("alias", DEFAULT_ALIAS)
+        sha256 = request.query_params.get("sha256") or request.headers.get("x-edgewire-sha256")
+        activate = request.query_params.get("activate", "1") not in ("0", "false", "no")
+        staging = agent.config.data_dir / "uploads"
+        await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
+        tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.onnx"
+        try:
+            size = await _stream_to_file(request, tmp, cap=agent.config.max_upload_bytes)
+            if size == 0:
+                raise ModelError("the upload is empty")
+            version = await asyncio.to_thread(store.add, name, tmp, sha256=sha256)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        body: dict[str, Any] = {"name": name, "version": version.version, "sha256": version.sha256}
+        if activate:
+            await serving.activate(name, version.version)  # raises: the old version keeps serving
+            await asyncio.to_thread(store.set_alias, name, alias, version.version)
+            body["alias"] = alias
+            body["active"] = True
+        return JSONResponse(body, status_code=201)
+
+    async def listing(request: Request) -> Response:
+        served = {m["name"]: m for m in serving.model_status()}
+        models = []
+        for name in await asyncio.to_thread(store.names):
+            versions = await asyncio.to_thread(store.versions, name)
+            models.append({
+                "name": name,
+                "versions": [{"version": v.version, "sha256": v.sha256, "size": v.size, "created": v.created} for v in versions],
+                "aliases": await asyncio.to_thread(store.aliases, name),
+                "serving": served.get(name),
+            })  # fmt: skip
+        return JSONResponse({"models": models})
+
+    async def activate(request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await _json(request)
+        version, alias = body.get("version"), body.get("alias", DEFAULT_ALIAS)
+        if not isinstance(version, int | str) or not isinstance(alias, str):
+            raise ConfigError("activate needs {'version': N, 'alias': 'production'}")
+        target = await asyncio.to_thread(store.resolve, name, version)
+        await serving.activate(name, target.version)
+        await asyncio.to_thread(store.set_alias, name, alias, target.version)
+        return JSONResponse({"name": name, "version": target.version, "alias": alias})
+
+    async def rollback(request: Request) -> Response:
+        name = request.path_params["name"]
+        alias = (await _json(request)).get("alias", DEFAULT_ALIAS)
+        if not isinstance(alias, str):
+            raise ConfigError(f"alias must be a string, got {alias!r}")
+        current = await asyncio.to_thread(store.aliases, name)
+        previous = await asyncio.to_thread(store.rollback, name, alias)
+        try:
+            await serving.activate(name, previous.version)
+        except EdgewireError:
+            # The old version does not load any more: put the alias back as it was.
+            if alias in current:
+                await asyncio.to_thread(store.set_alias, name, alias, current[alias])
+            raise
+        return JSONResponse({"name": name, "version": previous.version, "alias": alias})
+
+    async def delete(request: Request) -> Response:
+        name = request.path_params["name"]
+        raw = request.path_params["version"]
+        if not str(raw).isdigit():
+            raise ConfigError(f"version must be a number, got {raw!r}")
+        await asyncio.to_thread(store.delete, name, int(raw))
+        return JSONResponse({"name": name, "deleted": int(raw)})
+
+    return [
+        ("/api/models", guarded(listing), ["GET"]),
+        ("/api/models/{name}", guarded(upload), ["PUT", "POST"]),
+        ("/api/models/{name}/activate", guarded(activate), ["POST"]),
+        ("/api/models/{name}/rollback", guarded(rollback), ["POST"]),
+        ("/api/models/{name}/versions/{version}", guarded(delete), ["DELETE"]),
+    ]

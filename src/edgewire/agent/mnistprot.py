@@ -1,0 +1,82 @@
+"""The opt-in ESP8266 port: the seed's MnistProt flatbuffers protocol, byte for byte.
+
+A request is 3180 bytes (784 floats), the answer exactly 96 bytes (10 scores and
+the server's compute time in ``timer_ms``). The seed served one request per
+connection; several in a row on one connection work too. Anything malformed
+closes that connection (the protocol has no error message) and nobody else
+notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgewire.agent.serving import reshape_flat
+from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
+from edgewire.wire.mnistprot import (
+    CMD_INFERENCE_INPUT,
+    OUTPUT_LEN,
+    RequestFramer,
+    decode_request,
+    encode_response,
+)
+
+if TYPE_CHECKING:
+    from edgewire.agent.server import Agent
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 16 * 1024
+
+
+async def handle_mnistprot(
+    agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    cfg = agent.config
+    framer = RequestFramer()
+    try:
+        while not agent.stopping.is_set():
+            timeout = cfg.frame_timeout if framer.buffered else cfg.idle_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(READ_CHUNK)
+            except TimeoutError as exc:
+                raise PeerTimeout(f"MnistProt client silent for {timeout:g} s") from exc
+            except OSError as exc:
+                raise ConnectError(str(exc)) from exc
+            if not chunk:
+                return
+            for raw in framer.feed(chunk):
+                writer.write(await _answer(agent, raw))
+            async with asyncio.timeout(cfg.idle_timeout):
+                await writer.drain()
+    except (PeerTimeout, ConnectError, TimeoutError, OSError) as exc:
+        agent.metrics.errors_total.labels("mnistprot", "timeout").inc()
+        log.debug("MnistProt connection dropped: %s", exc)
+    except EdgewireError as exc:
+        agent.metrics.infer_errors_total.labels("mnistprot", exc.code).inc()
+        log.info("MnistProt request refused: %s", exc)
+    finally:
+        writer.close()
+
+
+async def _answer(agent: Agent, raw: bytes) -> bytes:
+    request = decode_request(raw)
+    if request.cmd != CMD_INFERENCE_INPUT or request.digit is None:
+        raise ProtocolError(f"MnistProt command {request.cmd} is not an inference request")
+    serving = agent.serving
+    name = serving.default_model()
+    info = serving.loaded(name).inputs[0]
+    x = reshape_flat(info, np.asarray(request.digit, dtype=np.float32))
+    served = await serving.infer(name, [x])
+    first = next(iter(served.result.outputs.values()))
+    scores = np.asarray(first, dtype=np.float32).reshape(-1)
+    if scores.size != OUTPUT_LEN:
+        raise ProtocolError(
+            f"the model gives {scores.size} outputs; MnistProt carries {OUTPUT_LEN}"
+        )
+    agent.metrics.infer_requests_total.labels("mnistprot").inc()
+    return encode_response(scores, served.result.compute_ms)

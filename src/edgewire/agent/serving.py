@@ -1,0 +1,196 @@
+"""What the agent serves: the model store, the loaded models, one batcher per model.
+
+Every protocol (native, MnistProt, KServe v2 HTTP) calls :meth:`Serving.infer`,
+so requests from all of them are batched together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgewire.errors import DataError, ModelError
+from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult
+from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
+from edgewire.serve.store import ModelStore, ModelVersion, TensorInfo
+from edgewire.wire.messages import require_finite
+
+if TYPE_CHECKING:
+    from edgewire.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One answered request: the model version that answered and the batcher's result."""
+
+    version: ModelVersion
+    result: InferResult
+
+
+class Serving:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = ModelStore(config.data_dir / "models")
+        self.policy = BatchPolicy(
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            max_queue=config.max_queue,
+        )
+        self.runtime = RuntimeOptions(
+            intra_op_threads=config.intra_op_threads,
+            max_batch_size=config.max_batch_size,
+            warmup_batch_sizes=(1, config.max_batch_size),
+        )
+        self.host = ModelHost(self.runtime)
+        # One thread runs the models: ONNX Runtime parallelises inside a call.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-infer")
+        self._batchers: dict[str, Batcher] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load the served version of every stored model; a bad one is logged, not fatal."""
+        names = await asyncio.to_thread(self.store.names)
+        for name in names:
+            try:
+                await self.activate(name)
+            except ModelError as exc:
+                log.warning("model %r not served: %s", name, exc)
+
+    async def stop(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.stop(drain_timeout=self.config.drain_timeout)
+        self.executor.shutdown(wait=True)
+
+    async def activate(self, name: str, ref: str | int | None = None) -> ModelVersion:
+        """Load ``name`` at ``ref`` (alias or version) and serve it; the old one serves until then."""
+        async with self._lock:
+            version = await asyncio.to_thread(self.store.resolve, name, ref)
+            loaded = await self.host.activate(version, executor=self.executor)
+            batcher = self._batchers.get(name)
+            if batcher is None:
+                policy = self.policy
+                if not loaded.batch_dim_ok():
+                    policy = BatchPolicy(
+                        max_batch_size=1, max_queue_delay_ms=0.0, max_queue=self.policy.max_queue
+                    )
+                batcher = Batcher(loaded.run, policy=policy, executor=self.executor, name=name)
+                await batcher.start()
+                self._batchers[name] = batcher
+            else:
+                batcher.set_run(loaded.run)
+            log.info("serving %s version %s", name, version.version)
+            return version
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            batcher = self._batchers.pop(name, None)
+            if batcher is not None:
+                await batcher.stop(drain_timeout=self.config.drain_timeout)
+            self.host.unload(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._batchers)
+
+    def loaded(self, name: str) -> LoadedModel:
+        if name not in self._batchers:
+            served = ", ".join(self.names()) or "none"
+            raise ModelError(f"model {name!r} is not served (served: {served})")
+        return self.host.get(name)
+
+    def default_model(self) -> str:
+        """The model legacy protocols use: the configured one, else the only one."""
+        if self.config.legacy_mnistprot_model:
+            return self.config.legacy_mnistprot_model
+        names = self.names()
+        if len(names) == 1:
+            return names[0]
+        raise ModelError(
+            f"{len(names)} models are served ({', '.join(names) or 'none'}); "
+            "choose one with --legacy-mnistprot-model"
+        )
+
+    async def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
+        *,
+        deadline_ms: float | None = None,
+    ) -> Served:
+        loaded = self.loaded(name)
+        named = check_inputs(loaded.inputs, inputs)
+        deadline = None
+        if deadline_ms is not None:
+            deadline = asyncio.get_running_loop().time() + deadline_ms / 1000
+        result = await self._batchers[name].submit(named, deadline=deadline)
+        return Served(version=loaded.version, result=result)
+
+    def model_status(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.names():
+            loaded = self.host.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "version": loaded.version.version,
+                    "providers": list(loaded.providers),
+                }
+            )
+        return out
+
+
+def check_inputs(
+    expected: Sequence[TensorInfo],
+    inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
+) -> dict[str, npt.NDArray[Any]]:
+    """One request's tensors against the model's inputs, before it can spoil a batch."""
+    if not isinstance(inputs, Mapping):
+        if len(inputs) != len(expected):
+            raise DataError(f"the model takes {len(expected)} inputs, got {len(inputs)} tensors")
+        inputs = {info.name: array for info, array in zip(expected, inputs, strict=True)}
+    wanted = {info.name for info in expected}
+    unknown = set(inputs) - wanted
+    if unknown:
+        raise DataError(f"unknown input(s) {sorted(unknown)}; the model takes {sorted(wanted)}")
+    named: dict[str, npt.NDArray[Any]] = {}
+    for info in expected:
+        if info.name not in inputs:
+            raise DataError(f"input {info.name!r} is missing")
+        array = inputs[info.name]
+        if array.dtype != np.dtype(info.dtype):
+            raise DataError(f"input {info.name!r} must be {info.dtype}, got {array.dtype}")
+        if array.ndim != len(info.shape) or array.ndim == 0:
+            raise DataError(
+                f"input {info.name!r} must have shape {_shape(info)}, got {list(array.shape)}"
+            )
+        for got, want in zip(array.shape[1:], info.shape[1:], strict=True):
+            if want is not None and got != want:
+                raise DataError(
+                    f"input {info.name!r} must have shape {_shape(info)}, got {list(array.shape)}"
+                )
+        if array.shape[0] < 1:
+            raise DataError(f"input {info.name!r} has an empty batch")
+        require_finite(array, f"input {info.name!r}")
+        named[info.name] = array
+    return named
+
+
+def _shape(info: TensorInfo) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in info.shape) + "]"
+
+
+def reshape_flat(info: TensorInfo, flat: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A flat vector (e.g. MnistProt's 784 floats) as one row of ``info``'s shape."""
+    dims = [d for d in info.shape[1:]]
+    if any(d is None for d in dims) or math.prod(d for d in dims if d is not None) != flat.size:
+        raise DataError(f"{flat.size} values do not fit the model input {_shape(info)}")
+    return flat.reshape((1, *[d for d in dims if d is not None]))

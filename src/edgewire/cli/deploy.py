@@ -1,0 +1,127 @@
+"""``edgewire deploy`` and ``edgewire models``: ship ONNX models to agents over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from edgewire.cli.common import console, parse_address
+from edgewire.errors import AuthError, ConnectError, ModelError, RemoteError
+
+CHUNK = 256 * 1024
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    token = token or os.environ.get("EDGEWIRE_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _check(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code in (401, 403):
+        raise AuthError(f"{what}: {_message(response)} (pass --token or set EDGEWIRE_TOKEN)")
+    if response.status_code >= 400:
+        raise RemoteError(f"{what}: {_message(response)} (HTTP {response.status_code})")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:200]
+
+
+def _chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            progress.advance(task, len(chunk))
+            yield chunk
+
+
+def deploy_command(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="The ONNX model file."),
+    to: str = typer.Option(
+        ..., "--to", help="Agent HOST:HTTP_PORT, or several separated by commas."
+    ),
+    name: str = typer.Option(..., "--name", help="Model name on the agents."),
+    alias: str = typer.Option("production", "--alias", help="Alias that moves to the new version."),
+    token: str | None = typer.Option(None, help="Management token [env: EDGEWIRE_TOKEN]."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
+) -> None:
+    """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias."""
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    size = model.stat().st_size
+    table = Table(title=f"deploy {model.name} as {name!r} ({alias})")
+    for column in ("agent", "version", "sha256", "status"):
+        table.add_column(column)
+    failures = 0
+    for target in [t.strip() for t in to.split(",") if t.strip()]:
+        host, port = parse_address(target, default_port=8000)
+        url = f"http://{host}:{port}/api/models/{name}"
+        try:
+            with Progress(
+                "[bold]" + target,
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=console,
+                transient=True,
+            ) as progress:
+                task = progress.add_task("upload", total=size)
+                response = httpx.put(
+                    url,
+                    params={"sha256": digest, "alias": alias},
+                    content=_chunks(model, progress, task),
+                    headers={
+                        **_headers(token),
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(size),
+                    },
+                    timeout=timeout,
+                )
+            body = _check(response, f"deploy to {target}")
+            table.add_row(target, str(body["version"]), body["sha256"][:12], "[green]serving[/]")
+        except httpx.HTTPError as exc:
+            failures += 1
+            table.add_row(target, "-", digest[:12], f"[red]unreachable: {exc}[/]")
+        except (RemoteError, AuthError) as exc:
+            failures += 1
+            table.add_row(target, "-", digest[:12], f"[red]{exc.message}[/]")
+    console.print(table)
+    if failures:
+        raise ModelError(
+            f"{failures} agent(s) did not take the model; the ones listed as serving did"
+        )
+
+
+def models_command(
+    to: str = typer.Option("127.0.0.1:8000", "--to", help="Agent HOST:HTTP_PORT."),
+    token: str | None = typer.Option(None, help="Management token [env: EDGEWIRE_TOKEN]."),
+) -> None:
+    """List the models, versions and aliases of an agent."""
+    host, port = parse_address(to, default_port=8000)
+    try:
+        response = httpx.get(
+            f"http://{host}:{port}/api/models", headers=_headers(token), timeout=30
+        )
+    except httpx.HTTPError as exc:
+        raise ConnectError(f"cannot reach {host}:{port}: {exc}") from exc
+    body = _check(response, "list models")
+    table = Table(title=f"models on {host}:{port}")
+    for column in ("name", "versions", "aliases", "serving"):
+        table.add_column(column)
+    for m in body["models"]:
+        versions = ", ".join(str(v["version"]) for v in m["versions"])
+        aliases = ", ".join(f"{k}→{v}" for k, v in m["aliases"].items())
+        serving = f"v{m['serving']['version']}" if m.get("serving") else "-"
+        table.add_row(m["name"], versions, aliases, serving)
+    console.print(table)

@@ -1,0 +1,77 @@
+"""``edgewire infer``: classify image or .npy files with a model served by an agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from edgewire.cli.common import console, parse_address, run
+from edgewire.errors import DataError, ModelError
+
+
+def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any, Any]:
+    """One file as one row of the model input: .npy as is, images resized and scaled."""
+    shape = [d for d in info["shape"][1:]]
+    if path.suffix == ".npy":
+        array: np.ndarray[Any, Any] = np.load(path, allow_pickle=False).astype(info["dtype"])
+        return array.reshape((1, *[d if d is not None else -1 for d in shape]))
+    if len(shape) != 3 or None in shape:
+        raise DataError(f"cannot turn an image into input shape {info['shape']}; pass a .npy file")
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = shape
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB").resize((width, height))
+            pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image {str(path)!r}: {exc}") from exc
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return (pixels * scale)[None].astype(info["dtype"])
+
+
+def infer_command(
+    files: list[Path] = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Images or .npy arrays."
+    ),
+    to: str = typer.Option("127.0.0.1:7700", "--to", help="Agent HOST:PORT (native port)."),
+    model: str = typer.Option(..., "--model", help="Model name on the agent."),
+    top: int = typer.Option(3, min=1, help="Classes to show per file."),
+) -> None:
+    host, port = parse_address(to, default_port=7700)
+    rows = run(_infer(host, port, model, files, top))
+    table = Table(title=f"{model} on {host}:{port}")
+    for column in ("file", "prediction", "score", "queue ms", "compute ms"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+async def _infer(host: str, port: int, model: str, files: list[Path], top: int) -> list[list[str]]:
+    from edgewire.client.native import Client
+
+    async with await Client.connect(host, port) as client:
+        hello = await client.hello()
+        info = next((m for m in hello.get("models", []) if m["name"] == model), None)
+        if info is None:
+            served = ", ".join(m["name"] for m in hello.get("models", [])) or "none"
+            raise ModelError(f"model {model!r} is not served there (served: {served})")
+        labels = info.get("labels")
+        scale = float((info.get("preprocessing") or {}).get("scale", 1 / 255))
+        rows = []
+        for path in files:
+            x = load_input(path, info["inputs"][0], scale)
+            answer = await client.infer(model, [x])
+            scores = next(iter(answer.outputs.values())).reshape(-1)
+            best = np.argsort(scores)[::-1][:top]
+            names = [labels[i] if labels and i < len(labels) else str(i) for i in best]
+            rows.append([
+                path.name, ", ".join(names), ", ".join(f"{scores[i]:.3f}" for i in best),
+                f"{answer.queue_ms:.2f}", f"{answer.compute_ms:.2f}",
+            ])  # fmt: skip
+        return rows

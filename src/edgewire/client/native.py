@@ -1,0 +1,157 @@
+"""The Python async client of the native wire protocol (inference, ping, hello).
+
+    async with await Client.connect("127.0.0.1", 7700) as client:
+        result = await client.infer("mnist", {"input_0": x})
+        result.outputs["output_0"], result.compute_ms
+
+Requests are pipelined: many coroutines may call :meth:`Client.infer` on one
+connection at once; answers are matched by request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgewire.errors import ConnectError, EdgewireError, ProtocolError, RemoteError, error_for_code
+from edgewire.wire.frames import MsgType
+from edgewire.wire.messages import decode_message
+from edgewire.wire.stream import FramedStream, open_framed
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    outputs: dict[str, npt.NDArray[Any]]
+    model: str
+    version: int | str
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+class Client:
+    def __init__(self, stream: FramedStream, *, timeout: float = 30.0) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[tuple[MsgType, dict[str, Any], list[Any]]]] = {}
+        self._reader = asyncio.create_task(self._read_loop())
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout: float = 30.0) -> Client:
+        return cls(await open_framed(host, port, timeout=timeout), timeout=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+        await self._stream.close()
+        self._fail_all(ConnectError("client closed"))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._stream.read_frame(None)
+                if frame is None:
+                    raise ConnectError("the agent closed the connection")
+                message = decode_message(frame.payload, self._stream.limits)
+                future = self._pending.pop(frame.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result((frame.type, message.meta, message.tensors))
+                elif frame.type is MsgType.ERROR and frame.request_id == 0:
+                    raise _remote(message.meta)
+        except EdgewireError as exc:
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: EdgewireError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()
+
+    async def request(
+        self, msg_type: MsgType, meta: dict[str, Any], tensors: Sequence[npt.NDArray[Any]] = ()
+    ) -> tuple[MsgType, dict[str, Any], list[npt.NDArray[Any]]]:
+        if self._closed or self._reader.done():
+            raise ConnectError("the connection is closed")
+        request_id = next(self._ids) % 2**32 or next(self._ids)
+        future: asyncio.Future[tuple[MsgType, dict[str, Any], list[Any]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[request_id] = future
+        try:
+            self._stream.send(msg_type, meta, list(tensors), request_id=request_id)
+            await self._stream.drain(self._timeout)
+            async with asyncio.timeout(self._timeout):
+                kind, answer, out = await future
+        except TimeoutError as exc:
+            raise ConnectError(f"no answer within {self._timeout:g} s") from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if kind is MsgType.ERROR:
+            raise _remote(answer)
+        return kind, answer, out
+
+    async def ping(self) -> None:
+        await self.request(MsgType.PING, {})
+
+    async def hello(self) -> dict[str, Any]:
+        return (await self.request(MsgType.HELLO, {"client": "edgewire-python"}))[1]
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
+        *,
+        version: str | int | None = None,
+        deadline_ms: float | None = None,
+    ) -> InferResponse:
+        meta: dict[str, Any] = {"model": model}
+        if isinstance(inputs, Mapping):
+            meta["inputs"] = list(inputs)
+            tensors = [np.asarray(v) for v in inputs.values()]
+        else:
+            tensors = [np.asarray(v) for v in inputs]
+        if version is not None:
+            meta["version"] = version
+        if deadline_ms is not None:
+            meta["deadline_ms"] = deadline_ms
+        kind, answer, out = await self.request(MsgType.INFER_REQUEST, meta, tensors)
+        if kind is not MsgType.INFER_RESPONSE:
+            raise ProtocolError(f"expected INFER_RESPONSE, got {kind.name}")
+        names = answer.get("outputs") or [f"output_{i}" for i in range(len(out))]
+        if len(names) != len(out):
+            raise ProtocolError(f"{len(out)} output tensors for {len(names)} names")
+        return InferResponse(
+            outputs=dict(zip(names, out, strict=True)),
+            model=str(answer.get("model", model)),
+            version=answer.get("version", ""),
+            queue_ms=float(answer.get("queue_ms", 0.0)),
+            compute_ms=float(answer.get("compute_ms", 0.0)),
+            batch_size=int(answer.get("batch_size", 0)),
+        )
+
+
+def _remote(meta: dict[str, Any]) -> RemoteError:
+    code = str(meta.get("code", "internal"))
+    text = str(meta.get("message", "remote error"))
+    err = RemoteError(f"{text} [{error_for_code(code).code}]", remote_code=code)
+    return err

@@ -1,0 +1,479 @@
+"""Dynamic batching: many small inference requests become few model calls.
+
+Every protocol of the agent submits its requests to one :class:`Batcher` per
+model. One asyncio task collects waiting requests into a batch (up to
+``max_batch_size`` rows, or until ``max_queue_delay_ms`` after the first one
+arrived), runs the blocking model call in an executor and hands each caller its
+own rows back. While one batch computes the next one is collected, so the model
+never waits for Python.
+
+The hot path is kept small on purpose: a submit is a few attribute updates, one
+future and one deque append; the collector is only woken when a batch could be
+full, not once per request; concatenation, the model call and splitting run in
+the executor thread, so the event loop only sets each caller's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgewire.errors import (
+    BusyError,
+    ConfigError,
+    DataError,
+    EdgewireError,
+    ModelError,
+    PeerTimeout,
+)
+
+__all__ = ["BatchPolicy", "Batcher", "InferResult", "RunFn"]
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+RunFn = Callable[[dict[str, Array]], dict[str, Array]]
+"""A blocking model call: named input batches in, named output batches out."""
+
+_Signature = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchPolicy:
+    """How a batcher trades latency for throughput."""
+
+    max_batch_size: int = 32
+    """Rows (samples) per model call; a larger single request still runs, alone."""
+    max_queue_delay_ms: float = 2.0
+    """How long the first request of a batch may wait for company."""
+    max_queue: int = 4096
+    """Requests waiting for a batch; one more is refused with BusyError at once."""
+
+    def __post_init__(self) -> None:
+        for field in ("max_batch_size", "max_queue"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        delay = self.max_queue_delay_ms
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or delay < 0
+        ):
+            raise ConfigError(f"max_queue_delay_ms must be a finite number >= 0, got {delay!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """One request's answer and where its time went."""
+
+    outputs: dict[str, Array]
+    """This request's rows only (views into the batch's output arrays)."""
+    queue_ms: float
+    """From submit to the start of its batch's model call."""
+    compute_ms: float
+    """The model call of its batch."""
+    batch_size: int
+    """Rows in that model call."""
+
+
+class _Request:
+    __slots__ = ("deadline", "fut", "inputs", "rows", "sig", "t0", "waiting")
+
+    def __init__(
+        self,
+        inputs: dict[str, Array],
+        rows: int,
+        sig: _Signature,
+        fut: asyncio.Future[InferResult],
+        deadline: float | None,
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.sig = sig
+        self.fut = fut
+        self.deadline = deadline
+        self.t0 = time.perf_counter()
+        # True while counted in the queue depth: until its batch starts, it expires,
+        # its caller goes away, or the batcher shuts down.
+        self.waiting = True
+
+
+class Batcher:
+    """Collects concurrent requests for one model into batched model calls."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        policy: BatchPolicy,
+        executor: concurrent.futures.Executor | None = None,
+        name: str = "model",
+    ) -> None:
+        self._run = run
+        self.policy = policy
+        self.name = name
+        self._executor = executor
+        self._max_rows = policy.max_batch_size
+        self._max_queue = policy.max_queue
+        self._delay_s = policy.max_queue_delay_ms / 1000.0
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0  # rows in _queue, cancelled ones included
+        self._depth = 0  # requests waiting, in _queue or in the batch being collected
+        self._forming: list[_Request] = []
+        self._deferred: list[_Request] = []  # other signatures, skipped by _forming
+        self._running: list[_Request] = []
+        self._busy: asyncio.Future[tuple[dict[str, Array], float, float]] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_rows: float = 1  # queued rows at which a submit wakes the collector
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._batches = 0
+        self._requests = 0
+        self._rows = 0
+        self._rejected = 0
+        self._expired = 0
+        self._failed = 0
+
+    # -- public API -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batching task on the running loop (idempotent)."""
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._collect_loop(), name=f"batcher:{self.name}")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    async def submit(
+        self, inputs: dict[str, Array], *, deadline: float | None = None
+    ) -> InferResult:
+        """Run ``inputs`` (all with the same leading row count) in some batch.
+
+        ``deadline`` is a ``loop.time()`` value: a request still waiting then is
+        dropped with PeerTimeout. A full queue or a stopping batcher raises
+        BusyError at once, without waiting.
+        """
+        if self._closing:
+            self._rejected += 1
+            raise BusyError(f"model {self.name!r} is shutting down")
+        loop = self._loop
+        if loop is None:
+            raise BusyError(f"the batcher of model {self.name!r} is not started")
+        if self._depth >= self._max_queue:
+            self._rejected += 1
+            raise BusyError(
+                f"model {self.name!r} has {self._depth} requests waiting "
+                f"(max_queue {self._max_queue}); retry later"
+            )
+        rows, sig = _describe(inputs)
+        fut: asyncio.Future[InferResult] = loop.create_future()
+        req = _Request(inputs, rows, sig, fut, deadline)
+        self._queue.append(req)
+        self._queued_rows += rows
+        self._depth += 1
+        if self._waiter is not None and self._queued_rows >= self._wake_rows:
+            self._wake()
+        try:
+            return await fut
+        finally:
+            if req.waiting:  # the caller went away before its batch started
+                req.waiting = False
+                self._depth -= 1
+
+    async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        """Finish queued work (for at most ``drain_timeout`` s), then refuse new submits.
+
+        Requests still unfinished after the timeout get BusyError; a model call
+        still running in its thread is left to finish, its results unread.
+        """
+        self._closing = True
+        task = self._task
+        if task is None:
+            return
+        self._wake()
+        done, _ = await asyncio.wait({task}, timeout=drain_timeout)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+        self._fail_all(BusyError(f"model {self.name!r} is shutting down"))
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for their batch to start."""
+        return self._depth
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Counters since start: batches, requests and rows run, rejections, expiries."""
+        return {
+            "batches": float(self._batches),
+            "requests": float(self._requests),
+            "rows": float(self._rows),
+            "mean_batch_size": self._rows / self._batches if self._batches else 0.0,
+            "rejected": float(self._rejected),
+            "expired": float(self._expired),
+            "failed_batches": float(self._failed),
+            "queue_depth": float(self._depth),
+        }
+
+    def set_run(self, run: RunFn) -> None:
+        """Swap the model: a batch already started finishes on the old one."""
+        self._run = run
+
+    # -- the collector ------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _sleep(self, *, wake_rows: float, until: float | None) -> None:
+        """Wait for enough queued rows, ``until`` (loop time), a finished batch or stop."""
+        loop = self._loop
+        assert loop is not None
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        self._wake_rows = wake_rows
+        timer = loop.call_at(until, self._wake) if until is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _collect_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        max_rows = self._max_rows
+        while True:
+            first = self._pop_live()
+            if first is None:
+                if self._closing and self._busy is None:
+                    return
+                await self._sleep(wake_rows=1, until=None)
+                continue
+            batch = self._forming = [first]
+            rows = first.rows
+            # The delay counts from the first request's arrival, not from now.
+            close_at = loop.time() + self._delay_s - (time.perf_counter() - first.t0)
+            deferred = self._deferred
+            while True:
+                rows, full = self._fill(batch, rows, deferred)
+                ready = full or self._closing or loop.time() >= close_at
+                if ready and self._busy is None:
+                    break
+                # Not ready, or ready while the previous batch still computes: keep
+                # collecting (a fuller next batch costs nothing) until it finishes.
+                await self._sleep(
+                    wake_rows=math.inf if full else max_rows - rows,
+                    until=None if ready else close_at,
+                )
+            if deferred:  # other shapes wait for a later batch, in their order
+                self._queue.extendleft(reversed(deferred))
+                self._queued_rows += sum(r.rows for r in deferred)
+                deferred.clear()
+            self._forming = []
+            self._launch(batch)
+
+    def _pop_live(self) -> _Request | None:
+        """The oldest request whose caller still waits, removed from the queue."""
+        queue = self._queue
+        while queue:
+            req = queue.popleft()
+            self._queued_rows -= req.rows
+            if not req.fut.done():
+                return req
+        return None
+
+    def _fill(self, batch: list[_Request], rows: int, deferred: list[_Request]) -> tuple[int, bool]:
+        """Move fitting requests of the batch's signature from the queue into ``batch``."""
+        queue, max_rows, sig = self._queue, self._max_rows, batch[0].sig
+        while rows < max_rows and queue:
+            req = queue[0]
+            if req.fut.done():  # cancelled caller
+                queue.popleft()
+                self._queued_rows -= req.rows
+            elif req.sig != sig:
+                queue.popleft()
+                self._queued_rows -= req.rows
+                deferred.append(req)
+            elif rows + req.rows > max_rows:
+                return rows, True  # never split a request; it starts the next batch
+            else:
+                queue.popleft()
+                self._queued_rows -= req.rows
+                batch.append(req)
+                rows += req.rows
+        return rows, rows >= max_rows
+
+    def _launch(self, batch: list[_Request]) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        live: list[_Request] = []
+        for req in batch:
+            if req.fut.done():  # cancelled; submit's finally has uncounted it
+                continue
+            req.waiting = False
+            self._depth -= 1
+            if req.deadline is not None and req.deadline <= now:
+                self._expired += 1
+                waited_ms = (time.perf_counter() - req.t0) * 1000.0
+                req.fut.set_exception(
+                    PeerTimeout(
+                        f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}"
+                    )
+                )
+                continue
+            live.append(req)
+        if not live:
+            return
+        try:
+            busy = loop.run_in_executor(self._executor, _call, self._run, _gather(live))
+        except RuntimeError as exc:  # the executor was shut down under us
+            self._failed += 1
+            error = ModelError(f"model {self.name!r} cannot run: {_one_line(exc)}")
+            for req in live:
+                req.fut.set_exception(error)
+            return
+        self._running = live
+        self._busy = busy
+        busy.add_done_callback(functools.partial(self._on_done, live))
+
+    def _on_done(
+        self, batch: list[_Request], busy: asyncio.Future[tuple[dict[str, Array], float, float]]
+    ) -> None:
+        if self._busy is busy:
+            self._running, self._busy = [], None
+        self._batches += 1
+        self._requests += len(batch)
+        self._rows += sum(r.rows for r in batch)
+        # Wake the collector before the callers: callbacks run in order, so the next
+        # batch starts computing before the callers' tasks resume and resubmit, and
+        # their Python work overlaps the model call instead of preceding it.
+        self._wake()
+        exc = busy.exception() if not busy.cancelled() else ModelError("model call cancelled")
+        if exc is None:
+            try:
+                results = _split(batch, *busy.result())
+            except EdgewireError as error:
+                exc = error
+        if exc is None:
+            for req, result in zip(batch, results, strict=True):
+                if not req.fut.done():
+                    req.fut.set_result(result)
+        else:
+            self._failed += 1
+            error = self._as_edgewire(exc)
+            for req in batch:
+                if not req.fut.done():
+                    req.fut.set_exception(error)
+
+    def _as_edgewire(self, exc: BaseException) -> EdgewireError:
+        if isinstance(exc, EdgewireError):
+            return exc
+        # The peer sees one line; the traceback stays in the server's log.
+        log.error("model %r failed", self.name, exc_info=exc)
+        error = ModelError(f"model {self.name!r} failed: {_one_line(exc)}")
+        error.__cause__ = exc
+        return error
+
+    def _fail_all(self, error: EdgewireError) -> None:
+        pending = [*self._queue, *self._forming, *self._deferred, *self._running]
+        self._queue.clear()
+        self._queued_rows = 0
+        self._deferred.clear()
+        self._forming, self._running = [], []
+        for req in pending:
+            if req.waiting:
+                req.waiting = False
+                self._depth -= 1
+            if not req.fut.done():
+                req.fut.set_exception(error)
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug in the collector must not leave callers hanging forever.
+        log.error("batcher of model %r stopped", self.name, exc_info=task.exception())
+        self._closing = True
+        self._fail_all(ModelError(f"the batcher of model {self.name!r} stopped unexpectedly"))
+
+
+def _describe(inputs: dict[str, Array]) -> tuple[int, _Signature]:
+    """Row count and batching signature of one request; DataError when malformed."""
+    rows = -1
+    sig = []
+    for key, arr in inputs.items():
+        if not isinstance(arr, np.ndarray) or arr.ndim == 0:
+            raise DataError(f"input {key!r} must be an array with a leading batch dimension")
+        shape = arr.shape
+        if rows < 0:
+            rows = shape[0]
+        elif shape[0] != rows:
+            shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+            raise DataError(
+                f"inputs of one request must share the leading batch dimension: {shapes}"
+            )
+        sig.append((key, arr.dtype, shape[1:]))
+    if rows < 1:
+        raise DataError("a request needs at least one input with at least one row")
+    return rows, tuple(sig)
+
+
+def _gather(batch: list[_Request]) -> dict[str, Array]:
+    """One batch's inputs, concatenated along the row axis."""
+    if len(batch) == 1:
+        return batch[0].inputs
+    return {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+
+
+def _call(run: RunFn, inputs: dict[str, Array]) -> tuple[dict[str, Array], float, float]:
+    """The model call alone (in the executor thread): outputs, start time, milliseconds."""
+    start = time.perf_counter()
+    outputs = run(inputs)
+    return outputs, start, (time.perf_counter() - start) * 1000.0
+
+
+def _split(
+    batch: list[_Request], outputs: dict[str, Array], start: float, compute_ms: float
+) -> list[InferResult]:
+    """Check the outputs have one row per input row and hand each request its rows."""
+    total = sum(r.rows for r in batch)
+    if not isinstance(outputs, dict) or not outputs:
+        raise ModelError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
+    for key, arr in outputs.items():
+        got = arr.shape[0] if isinstance(arr, np.ndarray) and arr.ndim > 0 else 0
+        if got != total:
+            raise ModelError(f"model returned {got} rows for {total} inputs (output {key!r})")
+    results: list[InferResult] = []
+    offset = 0
+    for req in batch:
+        end = offset + req.rows
+        own = outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
+        results.append(InferResult(own, (start - req.t0) * 1000.0, compute_ms, total))
+        offset = end
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return reason if len(reason) <= 200 else reason[:197] + "..."

@@ -1,0 +1,578 @@
+"""The model store: versioned ONNX models with aliases, on disk, power-loss safe.
+
+Layout under ``root``::
+
+    <name>/versions/<N>/model.onnx     (+ its external data files, inside that folder)
+    <name>/versions/<N>/meta.json      (the ModelVersion, without its path)
+    <name>/aliases.json                {"aliases": {"production": N}, "history": {"production": [..]}}
+
+A version is staged in a hidden folder next to ``versions/`` and renamed into
+place in one step, so a crash leaves either no version or a complete one.
+Nothing here unpickles anything: a model file is only ever parsed as protobuf.
+One process writes a store (the agent); threads inside it may share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from edgewire.errors import ConfigError, ModelError
+from edgewire.fsutil import atomic_write_bytes, fsync_dir, sha256_file
+
+#: Model names and aliases: one safe path component.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_FILE = "model.onnx"
+META_FILE = "meta.json"
+ALIASES_FILE = "aliases.json"
+DEFAULT_ALIAS = "production"
+DEFAULT_MAX_BYTES = 1 << 30
+#: Older targets remembered per alias for rollback.
+HISTORY_LIMIT = 32
+_STAGING = ".staging-"
+_DELETING = ".deleting-"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_name(value: str, *, what: str = "model name") -> str:
+    """``value`` if it is a safe name (one path component), else ConfigError."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ConfigError(
+            f"invalid {what} {value!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorInfo:
+    """One model input or output: name, numpy dtype name, shape (None = dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorInfo:
+        shape = tuple(None if d is None else int(d) for d in data["shape"])
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelVersion:
+    """One stored version of a model and what a server needs to know about it."""
+
+    name: str
+    version: int
+    path: Path
+    file: str = MODEL_FILE
+    sha256: str
+    size: int
+    created: float
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    labels: tuple[str, ...] | None = None
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: sha256 of each external data file, by its location relative to ``path``.
+    external: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.file
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; leaves out ``path`` so that no server path reaches a peer."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "file": self.file,
+            "sha256": self.sha256,
+            "size": self.size,
+            "created": self.created,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "labels": None if self.labels is None else list(self.labels),
+            "preprocessing": dict(self.preprocessing),
+            "external": dict(self.external),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: Path) -> ModelVersion:
+        labels = data.get("labels")
+        return cls(
+            name=str(data["name"]),
+            version=int(data["version"]),
+            path=Path(path),
+            file=str(data.get("file", MODEL_FILE)),
+            sha256=str(data["sha256"]),
+            size=int(data["size"]),
+            created=float(data["created"]),
+            inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
+            labels=None if labels is None else tuple(str(x) for x in labels),
+            preprocessing=dict(data.get("preprocessing") or {}),
+            external={str(k): str(v) for k, v in (data.get("external") or {}).items()},
+        )
+
+
+def verify_files(version: ModelVersion) -> None:
+    """Recompute the sha256 of the model file (and its external data); ModelError on mismatch."""
+    files = [(version.file, version.sha256), *version.external.items()]
+    for rel, expected in files:
+        path = version.path / rel
+        try:
+            got = sha256_file(path)
+        except OSError as exc:
+            raise ModelError(
+                f"{version.name} v{version.version}: cannot read {rel}: {exc.strerror}"
+            ) from None
+        if got != expected:
+            raise ModelError(
+                f"{version.name} v{version.version}: sha256 mismatch in {rel}: "
+                f"expected {expected}, got {got}"
+            )
+
+
+# -- ONNX inspection -------------------------------------------------------------------
+
+
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto in a graph: initializers, attributes, and those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _external_locations(model: Any) -> list[str]:
+    import onnx
+
+    locations: list[str] = []
+    function_tensors = (t for f in model.functions for t in _node_tensors(f.node))
+    for tensor in (*_all_tensors(model.graph), *function_tensors):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location")
+        if not location:
+            raise ModelError(f"tensor {tensor.name!r} has external data without a location")
+        if location not in locations:
+            locations.append(location)
+    return locations
+
+
+def _check_location(location: str, folder: Path) -> Path:
+    """The file that ``location`` names inside ``folder``; ModelError if it escapes."""
+    escapes = ModelError(f"external data {location!r} escapes the model folder")
+    parts = PurePosixPath(location.replace("\\", "/")).parts
+    if (
+        "\x00" in location
+        or PurePosixPath(location).is_absolute()
+        or PureWindowsPath(location).is_absolute()
+        or PureWindowsPath(location).drive
+        or ".." in parts
+    ):
+        raise escapes
+    if not parts or parts[0] in (MODEL_FILE, META_FILE):
+        raise ModelError(f"external data location {location!r} is not allowed")
+    base = folder.resolve()
+    target = (base / location).resolve()  # follows symlinks, so a link outside is caught
+    if not target.is_relative_to(base):
+        raise escapes
+    if not target.is_file():
+        raise ModelError(f"external data {location!r} does not exist next to the model")
+    return target
+
+
+def _tensor_info(value: Any) -> TensorInfo:
+    from onnx import helper
+
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise ModelError(f"{value.name!r} is a {kind}, not a tensor; only tensors are served")
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        raise ModelError(f"{value.name!r} has no known rank; export the model with shapes")
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    except (KeyError, ValueError):
+        raise ModelError(f"{value.name!r} has an unsupported element type") from None
+    shape = tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in tensor_type.shape.dim
+    )
+    return TensorInfo(name=value.name, dtype=dtype, shape=shape)
+
+
+def _parse(path: Path) -> Any:
+    """The ModelProto in ``path`` (external data not loaded); ModelError if it is not one."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on bad bytes
+        raise ModelError(f"not an ONNX model: {_one_line(exc)}") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelError("not an ONNX model: it has no graph or no opset")
+    return model
+
+
+def _check(model: Any, path: Path) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """Run the ONNX checker on ``path`` (its external data beside it); (inputs, outputs)."""
+    import onnx
+
+    try:
+        # By path, so that external data resolves against the model's own folder
+        # (a ModelProto would resolve it against the working directory).
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelError(f"invalid ONNX model: {_one_line(exc)}") from None
+    try:
+        # Shape inference fills in output shapes that the file leaves out.
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # custom ops and the like: keep the shapes the file declares
+        graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = tuple(_tensor_info(v) for v in graph.input if v.name not in weights)
+    outputs = tuple(_tensor_info(v) for v in graph.output)
+    if not inputs or not outputs:
+        raise ModelError("the model has no inputs or no outputs")
+    return inputs, outputs
+
+
+@contextlib.contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    """An OSError (disk full, read-only, ...) as a ModelError that names no path."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelError(f"cannot {what}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _copy_synced(src: Path, dst: Path, *, limit: int) -> int:
+    """Copy at most ``limit`` bytes (ModelError beyond), fsync, and return the size."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    total = 0
+    try:
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            while chunk := fin.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise ModelError(f"the model and its data are over the limit of {limit} bytes")
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as exc:
+        raise ModelError(f"cannot copy {src.name!r}: {exc.strerror}") from None
+    return total
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class ModelStore:
+    """Versioned models under ``root``; see the module docstring for the layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Models with at least one version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if NAME.match(p.name) and p.is_dir() and self._version_numbers(p.name)
+        )
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every complete version of ``name``, oldest first; [] for an unknown name."""
+        return [self.get(name, n) for n in self._version_numbers(check_name(name))]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        check_name(name)
+        folder = self._versions_dir(name) / str(int(version))
+        try:
+            data = json.loads((folder / META_FILE).read_text("utf-8"))
+            found = ModelVersion.from_dict(data, path=folder)
+        except FileNotFoundError:
+            known = ", ".join(map(str, self._version_numbers(name))) or "none"
+            raise ModelError(
+                f"model {name!r} version {version} not found (versions: {known})"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(
+                f"model {name!r} version {version}: unreadable metadata ({type(exc).__name__})"
+            ) from None
+        if found.name != name or found.version != int(version):
+            raise ModelError(f"model {name!r} version {version}: metadata names another model")
+        return found
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self._read_aliases(check_name(name))["aliases"])
+
+    def resolve(self, name: str, ref: str | int | None = None) -> ModelVersion:
+        """The version ``ref`` names: an alias, a number (or its string); default:
+        the ``production`` alias, else the latest version."""
+        check_name(name)
+        numbers = self._version_numbers(name)
+        if not numbers:
+            known = ", ".join(self.names()) or "none"
+            raise ModelError(f"model {name!r} not found (models: {known})")
+        aliases = self.aliases(name)
+        if ref is None:
+            if DEFAULT_ALIAS in aliases:
+                return self.get(name, aliases[DEFAULT_ALIAS])
+            return self.get(name, numbers[-1])
+        if isinstance(ref, str) and ref in aliases:
+            return self.get(name, aliases[ref])
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            return self.get(name, int(ref))
+        known = ", ".join(sorted(aliases)) or "none"
+        raise ModelError(f"alias {ref!r} of model {name!r} not found (aliases: {known})")
+
+    def verify(self, version: ModelVersion) -> None:
+        """Recompute sha256 of the stored files; ModelError on bit rot or tampering."""
+        verify_files(version)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        source: Path,
+        *,
+        sha256: str | None = None,
+        labels: Sequence[str] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> ModelVersion:
+        """Store ``source`` (and its external data) as the next version of ``name``."""
+        check_name(name)
+        source = Path(source)
+        expected = _expected_sha256(sha256)
+        labels_t = None if labels is None else tuple(labels)
+        if labels_t is not None and not all(isinstance(x, str) for x in labels_t):
+            raise ConfigError(f"labels must be strings, got {labels_t!r}")
+        prep = dict(preprocessing or {})
+        try:
+            json.dumps(prep, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"preprocessing must be plain JSON: {exc}") from None
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            raise ModelError(f"cannot read the model file: {exc.strerror}") from None
+        if size > max_bytes:
+            raise ModelError(f"the model is {size} bytes, over the limit of {max_bytes}")
+
+        with self._lock, _disk_errors("store the model"):
+            model_dir = self.root / name
+            self._prepare(model_dir)
+            staging = model_dir / f"{_STAGING}{os.getpid()}-{secrets.token_hex(6)}"
+            staging.mkdir()
+            try:
+                version = self._stage(name, source, staging, expected=expected, max_bytes=max_bytes)
+                number = max(self._version_numbers(name), default=0) + 1
+                final = self._versions_dir(name) / str(number)
+                version = dataclasses.replace(
+                    version, version=number, path=final, labels=labels_t, preprocessing=prep
+                )
+                meta = json.dumps(version.to_dict(), indent=2).encode()
+                atomic_write_bytes(staging / META_FILE, meta)
+                os.rename(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            fsync_dir(final.parent)
+            return version
+
+    def _stage(
+        self, name: str, source: Path, staging: Path, *, expected: str | None, max_bytes: int
+    ) -> ModelVersion:
+        """Copy ``source`` into ``staging`` and check the copy (what gets stored is
+        what was checked, even if ``source`` changes meanwhile)."""
+        staged = staging / MODEL_FILE
+        size = _copy_synced(source, staged, limit=max_bytes)
+        digest = sha256_file(staged)
+        if expected is not None and digest != expected:
+            raise ModelError(f"sha256 mismatch: expected {expected}, got {digest}")
+        model = _parse(staged)
+        external: dict[str, str] = {}
+        total = size
+        folders = {staging}
+        for location in _external_locations(model):
+            # Checked against the source folder, where the data really is.
+            src = _check_location(location, source.parent)
+            rel = PurePosixPath(location).as_posix()  # "./w.bin" and "w.bin" are one file
+            if rel in external:
+                continue
+            dst = staging / rel
+            total += _copy_synced(src, dst, limit=max_bytes - total)
+            external[rel] = sha256_file(dst)
+            folders.update(p for p in dst.parents if p.is_relative_to(staging))
+        inputs, outputs = _check(model, staged)
+        for folder in sorted(folders, reverse=True):  # deepest first
+            fsync_dir(folder)
+        return ModelVersion(
+            name=name,
+            version=0,
+            path=staging,
+            sha256=digest,
+            size=size,
+            created=time.time(),
+            inputs=inputs,
+            outputs=outputs,
+            external=external,
+        )
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point ``alias`` at ``version``; the old target goes onto its history."""
+        check_name(name)
+        check_name(alias, what="alias")
+        if alias.isdigit():
+            raise ConfigError(f"invalid alias {alias!r}: an alias cannot be a plain number")
+        with self._lock:
+            self.get(name, version)  # must exist
+            data = self._read_aliases(name)
+            previous = data["aliases"].get(alias)
+            if previous == version:
+                return
+            if previous is not None:
+                history = [*data["history"].get(alias, []), previous][-HISTORY_LIMIT:]
+                data["history"][alias] = history
+            data["aliases"][alias] = int(version)
+            self._write_aliases(name, data)
+
+    def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
+        """Point ``alias`` back at its previous target and return that version."""
+        check_name(name)
+        check_name(alias, what="alias")
+        with self._lock:
+            data = self._read_aliases(name)
+            history = data["history"].get(alias, [])
+            if not history:
+                raise ModelError(f"alias {alias!r} of model {name!r} has nothing to roll back to")
+            target = self.get(name, history[-1])
+            data["history"][alias] = history[:-1]
+            data["aliases"][alias] = target.version
+            self._write_aliases(name, data)
+            return target
+
+    def delete(self, name: str, version: int, *, force: bool = False) -> None:
+        """Remove a version; refused while an alias points at it unless ``force``
+        (then those aliases go too)."""
+        check_name(name)
+        with self._lock:
+            self.get(name, version)  # must exist
+            data = self._read_aliases(name)
+            pointing = sorted(a for a, v in data["aliases"].items() if v == version)
+            if pointing and not force:
+                raise ModelError(
+                    f"model {name!r} version {version} is in use by alias(es) "
+                    f"{', '.join(pointing)}; move them first or force"
+                )
+            for alias in pointing:
+                del data["aliases"][alias]
+            data["history"] = {
+                a: [v for v in h if v != version] for a, h in data["history"].items()
+            }
+            self._write_aliases(name, data)
+            model_dir = self.root / name
+            # Renamed away first: a crash mid-rmtree leaves no half version visible.
+            trash = model_dir / f"{_DELETING}{secrets.token_hex(6)}"
+            with _disk_errors("delete the version"):
+                os.rename(self._versions_dir(name) / str(int(version)), trash)
+                fsync_dir(self._versions_dir(name))
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _versions_dir(self, name: str) -> Path:
+        return self.root / name / "versions"
+
+    def _version_numbers(self, name: str) -> list[int]:
+        folder = self._versions_dir(name)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isdigit() and not p.name.startswith("0") and (p / META_FILE).is_file()
+        )
+
+    def _prepare(self, model_dir: Path) -> None:
+        """Create the folders (durably) and sweep what a crash left behind."""
+        created = not model_dir.exists()
+        self._versions_dir(model_dir.name).mkdir(parents=True, exist_ok=True)
+        if created:
+            fsync_dir(self.root)
+            fsync_dir(model_dir)
+        for leftover in model_dir.iterdir():
+            if leftover.name.startswith((_STAGING, _DELETING)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _read_aliases(self, name: str) -> dict[str, dict[str, Any]]:
+        path = self.root / name / ALIASES_FILE
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {"aliases": {}, "history": {}}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {name!r}: unreadable aliases ({type(exc).__name__})") from None
+        try:
+            aliases = {str(k): int(v) for k, v in raw.get("aliases", {}).items()}
+            history = {str(k): [int(x) for x in v] for k, v in raw.get("history", {}).items()}
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelError(f"model {name!r}: malformed aliases ({exc})") from None
+        return {"aliases": aliases, "history": history}
+
+    def _write_aliases(self, name: str, data: Mapping[str, Any]) -> None:
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        with _disk_errors("save the aliases"):
+            atomic_write_bytes(self.root / name / ALIASES_FILE, body)
+
+
+def _expected_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    normal = value.strip().lower()
+    if not _HEX64.match(normal):
+        raise ConfigError(f"sha256 must be 64 hex digits, got {value!r}")
+    return normal

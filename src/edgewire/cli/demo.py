@@ -1,12 +1,22 @@
-"""``edgewire demo``: the whole loop on loopback, with nothing to set up."""
+"""``edgewire demo``: the whole loop on loopback, with nothing to set up.
+
+1. start an agent (native, HTTP and MnistProt ports) on 127.0.0.1;
+2. stream real MNIST digits to it; it trains on-device and exports ONNX;
+3. deploy that model to it over HTTP (sha256-checked, warmed up);
+4. ask it about real held-out digits in the ESP8266 seed's exact byte format;
+5. serve a few hundred emulated microcontroller clients over MnistProt and
+   native at once, and print the latency table.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
 from edgewire.cli.common import console, run
@@ -16,38 +26,50 @@ from edgewire.cli.train import load_splits, print_summary, spec_dict
 
 def demo_command(
     data_dir: Path = typer.Option(
-        Path("edgewire-data/demo"), help="Where the demo agent keeps its runs."
+        Path("edgewire-data/demo"), help="Where the demo agent keeps runs and models."
     ),
     epochs: int = typer.Option(1, min=1),
     batch_size: int = typer.Option(32, min=1),
     limit: int | None = typer.Option(None, min=100, help="Use only this many MNIST digits."),
+    clients: int = typer.Option(200, min=1, help="Emulated microcontrollers per protocol."),
+    seconds: float = typer.Option(3.0, min=0.5, help="How long each serving run lasts."),
 ) -> None:
-    summary, rate = run(
-        _demo(data_dir=data_dir.resolve(), epochs=epochs, batch_size=batch_size, limit=limit)
-    )
-    print_summary(
-        summary, samples_per_s=rate, title="edgewire demo: streaming training on loopback"
+    run(
+        _demo(
+            data_dir=data_dir.resolve(),
+            epochs=epochs,
+            batch_size=batch_size,
+            limit=limit,
+            clients=clients,
+            seconds=seconds,
+        )
     )
 
 
 async def _demo(
-    *, data_dir: Path, epochs: int, batch_size: int, limit: int | None
-) -> tuple[dict[str, Any], float]:
+    *, data_dir: Path, epochs: int, batch_size: int, limit: int | None, clients: int, seconds: float
+) -> None:
     from edgewire.agent.server import Agent
     from edgewire.config import AgentConfig
     from edgewire.train.stream_client import StreamOptions, stream_training
 
-    agent = Agent(AgentConfig(host="127.0.0.1", port=0, http_port=0, data_dir=data_dir))
+    config = AgentConfig(
+        host="127.0.0.1", port=0, http_port=0, legacy_mnistprot_port=0, data_dir=data_dir
+    )
+    agent = Agent(config)
     await agent.start()
     try:
+        ports = agent.ports
         console.print(
-            f"[bold]1.[/] agent on 127.0.0.1 (native port {agent.ports['native']}, "
-            f"HTTP {agent.ports['http']}), data in {data_dir}"
+            f"[bold]1.[/] agent on 127.0.0.1: native {ports['native']}, HTTP {ports['http']}, "
+            f"MnistProt {ports['mnistprot']}; data in {data_dir}",
+            highlight=False,
         )
         train, val = load_splits("mnist5k", val_fraction=0.1, limit=limit, image_size=None, seed=0)
         console.print(
             f"[bold]2.[/] streaming {len(train):,} real MNIST digits ({len(val):,} held out), "
-            f"{epochs} epoch(s), batch {batch_size}, to the agent, which trains on-device"
+            f"{epochs} epoch(s), batch {batch_size}; the agent trains on-device",
+            highlight=False,
         )
         options = StreamOptions(
             run_id=time.strftime("demo-%Y%m%d-%H%M%S"),
@@ -59,8 +81,75 @@ async def _demo(
         total = epochs * (math.ceil(len(train) / batch_size) + math.ceil(len(val) / batch_size))
         with TrainDisplay(console=console, total=total) as display:
             summary = await stream_training(
-                "127.0.0.1", agent.ports["native"], train, val, options, on_event=display
+                "127.0.0.1", ports["native"], train, val, options, on_event=display
             )
-        return summary, display.samples_per_s
+        print_summary(
+            summary, samples_per_s=display.samples_per_s, title="streaming training on loopback"
+        )
+
+        await _deploy_and_serve(agent, Path(summary["onnx"]), val, clients=clients, seconds=seconds)
     finally:
         await agent.stop()
+
+
+async def _deploy_and_serve(
+    agent: Any, model: Path, val: Any, *, clients: int, seconds: float
+) -> None:
+    from edgewire.bench.loadgen import LoadSpec, run_load
+    from edgewire.cli.bench import results_table
+    from edgewire.cli.deploy import upload_model
+
+    ports = agent.ports
+    deployed = await asyncio.to_thread(
+        upload_model,
+        model,
+        host="127.0.0.1",
+        port=ports["http"],
+        name="mnist",
+        alias="production",
+        token=None,
+        timeout=120,
+    )
+    console.print(
+        f"[bold]3.[/] deployed {model.name} as 'mnist' version {deployed['version']} "
+        f"(sha256 {deployed['sha256'][:12]}…), loaded and warmed up",
+        highlight=False,
+    )
+    correct = await asyncio.to_thread(
+        _ask_like_an_esp8266, ports["mnistprot"], val.x[:20], val.y[:20]
+    )
+    console.print(
+        f"[bold]4.[/] 20 held-out digits sent as the ESP8266 firmware does (3,180-byte flatbuffers, "
+        f"96-byte answers): {correct}/20 recognised",
+        highlight=False,
+    )
+    console.print(
+        f"[bold]5.[/] {clients} emulated microcontrollers per protocol, {seconds:g} s each ..."
+    )
+    rows = []
+    for protocol in ("mnistprot", "native"):
+        spec = LoadSpec(
+            host="127.0.0.1", port=ports[protocol], protocol=protocol, model="mnist",
+            clients=clients, duration=seconds, input_shape=(1, 1, 28, 28),
+        )  # fmt: skip
+        result = await asyncio.to_thread(run_load, spec)
+        rows.append({**result.summary(), "clients": f"{clients} {protocol}"})
+    console.print(results_table(rows, title="serving the trained model on loopback"))
+
+
+def _ask_like_an_esp8266(
+    port: int, images: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]
+) -> int:
+    import socket
+
+    from edgewire.wire.mnistprot import RESPONSE_SIZE, decode_response, encode_request
+
+    correct = 0
+    for image, label in zip(images, labels, strict=True):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode_request(image.reshape(-1).astype(np.float32) / 255))
+            answer = b""
+            while len(answer) < RESPONSE_SIZE and (chunk := sock.recv(RESPONSE_SIZE - len(answer))):
+                answer += chunk
+        correct += int(np.argmax(decode_response(answer).output) == label)
+    return correct

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,43 @@ def _message(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-def _chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            progress.advance(task, len(chunk))
-            yield chunk
+def upload_model(
+    model: Path,
+    *,
+    host: str,
+    port: int,
+    name: str,
+    alias: str,
+    token: str | None,
+    timeout: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Upload one ONNX file to one agent; the agent checks, loads and serves it."""
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    size = model.stat().st_size
+
+    def chunks() -> Iterator[bytes]:
+        with model.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                if on_progress is not None:
+                    on_progress(len(chunk))
+                yield chunk
+
+    try:
+        response = httpx.put(
+            f"http://{host}:{port}/api/models/{name}",
+            params={"sha256": digest, "alias": alias},
+            content=chunks(),
+            headers={
+                **_headers(token),
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+            },
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise ConnectError(f"cannot reach {host}:{port}: {exc}") from exc
+    return _check(response, f"deploy to {host}:{port}")
 
 
 def deploy_command(
@@ -58,7 +91,6 @@ def deploy_command(
     timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
 ) -> None:
     """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias."""
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
     size = model.stat().st_size
     table = Table(title=f"deploy {model.name} as {name!r} ({alias})")
     for column in ("agent", "version", "sha256", "status"):
@@ -66,7 +98,6 @@ def deploy_command(
     failures = 0
     for target in [t.strip() for t in to.split(",") if t.strip()]:
         host, port = parse_address(target, default_port=8000)
-        url = f"http://{host}:{port}/api/models/{name}"
         try:
             with Progress(
                 "[bold]" + target,
@@ -77,25 +108,14 @@ def deploy_command(
                 transient=True,
             ) as progress:
                 task = progress.add_task("upload", total=size)
-                response = httpx.put(
-                    url,
-                    params={"sha256": digest, "alias": alias},
-                    content=_chunks(model, progress, task),
-                    headers={
-                        **_headers(token),
-                        "Content-Type": "application/octet-stream",
-                        "Content-Length": str(size),
-                    },
-                    timeout=timeout,
-                )
-            body = _check(response, f"deploy to {target}")
+                body = upload_model(
+                    model, host=host, port=port, name=name, alias=alias, token=token, timeout=timeout,
+                    on_progress=functools.partial(progress.advance, task),
+                )  # fmt: skip
             table.add_row(target, str(body["version"]), body["sha256"][:12], "[green]serving[/]")
-        except httpx.HTTPError as exc:
+        except (ConnectError, RemoteError, AuthError) as exc:
             failures += 1
-            table.add_row(target, "-", digest[:12], f"[red]unreachable: {exc}[/]")
-        except (RemoteError, AuthError) as exc:
-            failures += 1
-            table.add_row(target, "-", digest[:12], f"[red]{exc.message}[/]")
+            table.add_row(target, "-", "-", f"[red]{exc.message}[/]")
     console.print(table)
     if failures:
         raise ModelError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,12 @@ def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any
     if path.suffix == ".npy":
         array: np.ndarray[Any, Any] = np.load(path, allow_pickle=False).astype(info["dtype"])
         return array.reshape((1, *[d if d is not None else -1 for d in shape]))
-    if len(shape) != 3 or None in shape:
+    if None in shape:
+        raise DataError(f"cannot turn an image into input shape {info['shape']}; pass a .npy file")
+    flat = len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]
+    if flat:  # e.g. MNIST models that take 784 values: a square grayscale image
+        shape = [1, math.isqrt(shape[0]), math.isqrt(shape[0])]
+    if len(shape) != 3:
         raise DataError(f"cannot turn an image into input shape {info['shape']}; pass a .npy file")
     from PIL import Image, UnidentifiedImageError
 
@@ -31,7 +37,8 @@ def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {str(path)!r}: {exc}") from exc
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return (pixels * scale)[None].astype(info["dtype"])
+    row = (pixels * scale)[None].astype(info["dtype"])
+    return row.reshape(1, -1) if flat else row
 
 
 def infer_command(

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The agent runs a model on one dedicated thread; a multi-threaded BLAS
         # would also fight the event loop for this machine's two cores.
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(args.blas_threads)
     except ImportError:

@@ -86,15 +86,54 @@ def _seed_server_process(model: str, ports: Any, stop: Any) -> None:
         stop.wait()
 
 
-def seed_burst(model: Path, clients: int, timeout: float) -> tuple[float, int]:
+class Burst:
+    """The seed's stress pattern: the C copy of its tool when gcc is here, else the Python copy."""
+
+    def __init__(self, tmp: Path) -> None:
+        from edgewire.wire.mnistprot import encode_request
+
+        self.request = tmp / "request.bin"
+        self.request.write_bytes(
+            encode_request(np.random.default_rng(0).random(784, dtype=np.float32))
+        )
+        self.tool: Path | None = tmp / "seed_stress"
+        source = ROOT / "benchmarks" / "c" / "seed_stress.c"
+        cc = shutil.which("gcc") or shutil.which("cc")
+        built = (
+            cc is not None
+            and subprocess.run(
+                [cc, "-std=c99", "-O2", "-pthread", "-o", str(self.tool), str(source)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+        if not built:
+            self.tool = None
+        self.kind = (
+            "C copy of the seed's stress tool"
+            if self.tool
+            else "Python copy of the seed's stress tool"
+        )
+
+    def __call__(self, port: int, clients: int, timeout: float = 120.0) -> tuple[float, int]:
+        if self.tool is None:
+            result = run_burst("127.0.0.1", port, clients=clients, timeout=timeout)
+            return result.seconds, result.ok
+        done = subprocess.run(
+            [str(self.tool), "127.0.0.1", str(port), str(clients), str(self.request), str(int(timeout))],
+            capture_output=True, text=True, timeout=timeout + 60, check=True,
+        )  # fmt: skip
+        fields = dict(item.split("=") for item in done.stdout.split())
+        return float(fields["seconds"]), int(fields["ok"])
+
+
+def seed_burst(model: Path, burst: Burst, clients: int, timeout: float) -> tuple[float, int]:
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=_seed_server_process, args=(str(model), ports, stop), daemon=True)
     proc.start()
     try:
-        port = ports.get(timeout=60)
-        result = run_burst("127.0.0.1", port, clients=clients, timeout=timeout)
-        return result.seconds, result.ok
+        return burst(ports.get(timeout=60), clients, timeout)
     finally:
         stop.set()
         proc.join(10)
@@ -166,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         max_batch = max(best_batch, 8)
         delay_ms = 2.0
 
-        seed_s, seed_ok = seed_burst(model, args.burst, timeout=120.0)
+        burst_tool = Burst(tmp)
+        # The seed server drops SYNs beyond its backlog of 5; clients retry for
+        # minutes. Those still unanswered at the timeout count as failed, and the
+        # seed's time is then a lower bound (so the speed-up is too).
+        burst_timeout = 30.0 if args.quick else 120.0
+        seed_s, seed_ok = seed_burst(model, burst_tool, args.burst, burst_timeout)
         console.print(
             f"seed server copy, {args.burst}-client burst: {seed_s:.2f} s ({seed_ok} answered)"
         )
@@ -180,11 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             "EDGEWIRE_MAX_QUEUE_DELAY_MS": str(delay_ms),
         }
         with SpawnedAgent(data_dir, "--legacy-mnistprot-port", "0", env=env) as agent:
-            burst = run_burst(
-                "127.0.0.1", agent.ports["mnistprot"], clients=args.burst, timeout=120.0
-            )
+            burst_s, burst_ok = burst_tool(agent.ports["mnistprot"], args.burst, burst_timeout)
             console.print(
-                f"edgewire MnistProt, {args.burst}-client burst: {burst.seconds:.2f} s ({burst.ok} answered)"
+                f"edgewire MnistProt, {args.burst}-client burst: {burst_s:.3f} s ({burst_ok} answered)"
             )
             native = load(agent.ports["native"], "native", args.clients, seconds)
             console.print(
@@ -224,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         "mnistprot_vs_ceiling": mnistprot.rps / ceiling_sps,
         "seed_burst_s": seed_s,
         "seed_burst_ok": seed_ok,
-        "edgewire_burst_s": burst.seconds,
-        "edgewire_burst_ok": burst.ok,
-        "burst_speedup": seed_s / burst.seconds,
+        "edgewire_burst_s": burst_s,
+        "edgewire_burst_ok": burst_ok,
+        "burst_speedup": seed_s / burst_s,
         "http_rps": http.rps,
         "http_p99_ms": http.percentile(99),
         "litserve_rps": litserve.rps,
@@ -239,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"edgewire native, {args.clients} clients", f"{native.rps:,.0f}", f"{native.percentile(99):.1f}", str(native.errors), f"{figures['native_vs_ceiling']:.2f} of ceiling", "≥ 0.80"],
         [f"edgewire MnistProt, {args.clients} clients", f"{mnistprot.rps:,.0f}", f"{mnistprot.percentile(99):.1f}", str(mnistprot.errors), f"{figures['mnistprot_vs_ceiling']:.2f} of ceiling", ""],
         [f"seed server copy, {args.burst}-client burst", f"{seed_s:.2f} s total", "", str(args.burst - seed_ok), "1.00", ""],
-        [f"edgewire MnistProt, {args.burst}-client burst", f"{burst.seconds:.2f} s total", "", str(args.burst - burst.ok), f"{figures['burst_speedup']:.0f}× faster", "≥ 50×"],
+        [f"edgewire MnistProt, {args.burst}-client burst", f"{burst_s:.3f} s total", "", str(args.burst - burst_ok), f"{figures['burst_speedup']:.0f}× faster", "≥ 50×"],
         [f"edgewire HTTP (KServe v2 JSON), {args.http_clients} clients", f"{http.rps:,.0f}", f"{http.percentile(99):.1f}", str(http.errors), f"{figures['http_vs_litserve']:.2f}× LitServe", "≥ 1.5× at ≤ p99"],
         [f"LitServe, same model and batching, {args.http_clients} clients", f"{litserve.rps:,.0f}", f"{litserve.percentile(99):.1f}", str(litserve.errors), "1.00", ""],
     ]  # fmt: skip
@@ -256,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             "## Serving (`benchmarks/serve.py`)\n\n"
             f"Command: `{command}` (model: the demo's MNIST CNN trained on real digits, ONNX, CPU; "
             f"agent batching: max batch {max_batch}, max queue delay {delay_ms} ms; load from "
-            f"`edgewire.bench.loadgen` in separate processes on the same 2 cores; {seconds:g} s per load run).\n\n"
+            f"`edgewire.bench.loadgen` in separate processes on the same 2 cores; {seconds:g} s per load run; "
+            f"bursts by the {burst_tool.kind}).\n\n"
             + markdown_table(header, rows)
             + "\n\nTargets: "
             + "; ".join(

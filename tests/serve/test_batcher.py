@@ -143,7 +143,7 @@ async def test_zero_delay_single_caller_does_not_wait_for_company() -> None:
 async def test_a_lone_request_waits_for_company_up_to_the_delay() -> None:
     async with running(Model(), max_batch_size=32, max_queue_delay_ms=100) as batcher:
         start = time.perf_counter()
-        result = await batcher.submit({"x": rows(1)})
+        result = await asyncio.wait_for(batcher.submit({"x": rows(1)}), 10)
     assert time.perf_counter() - start >= 0.095
     assert result.queue_ms >= 95
 
@@ -429,7 +429,9 @@ async def test_stop_drains_queued_work_then_rejects() -> None:
 
 async def test_stop_gives_up_after_the_drain_timeout() -> None:
     model = Model(blocked=True)
-    batcher = Batcher(model, policy=BatchPolicy(max_batch_size=1, max_queue_delay_ms=0))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    policy = BatchPolicy(max_batch_size=1, max_queue_delay_ms=0)
+    batcher = Batcher(model, policy=policy, executor=pool)
     await batcher.start()
     try:
         tasks = [asyncio.ensure_future(batcher.submit({"x": rows(1, i)})) for i in range(3)]
@@ -441,6 +443,9 @@ async def test_stop_gives_up_after_the_drain_timeout() -> None:
         assert batcher.queue_depth == 0
     finally:
         model.release.set()
+        pool.shutdown(wait=True)
+    # The running call finished; nothing queued was started after the give-up.
+    assert model.batch_rows == [1]
 
 
 async def test_submit_before_start_is_refused() -> None:

@@ -187,7 +187,7 @@ def create_app(agent: Agent) -> FastAPI:
         except EdgewireError as exc:
             agent.metrics.infer_errors_total.labels("http", exc.code).inc()
             return error_response(exc)
-        agent.metrics.infer_requests_total.labels("http").inc()
+        agent.metrics.answered["http"].inc()
         return Response(payload, headers=headers)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):

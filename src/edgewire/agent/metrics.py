@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from edgewire.wire.frames import MsgType
+
 
 class AgentMetrics:
     def __init__(self) -> None:
@@ -57,6 +59,12 @@ class AgentMetrics:
             ["protocol", "code"],
             registry=self.registry,
         )
+
+        # Children looked up once: labels() takes a lock and a dict lookup per call.
+        self.answered = {
+            p: self.infer_requests_total.labels(p) for p in ("native", "mnistprot", "http")
+        }
+        self.frames = {t: self.frames_total.labels(t.name) for t in MsgType}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

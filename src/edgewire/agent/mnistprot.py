@@ -78,5 +78,5 @@ async def _answer(agent: Agent, raw: bytes) -> bytes:
         raise ProtocolError(
             f"the model gives {scores.size} outputs; MnistProt carries {OUTPUT_LEN}"
         )
-    agent.metrics.infer_requests_total.labels("mnistprot").inc()
+    agent.metrics.answered["mnistprot"].inc()
     return encode_response(scores, served.result.compute_ms)

@@ -31,7 +31,7 @@ async def handle_native(
             if got is None:
                 return
             frame, message = got
-            agent.metrics.frames_total.labels(frame.type.name).inc()
+            agent.metrics.frames[frame.type].inc()
             if frame.type is MsgType.HELLO:
                 stream.send(MsgType.CAPABILITIES, capabilities(agent), request_id=frame.request_id)
             elif frame.type is MsgType.PING:
@@ -99,7 +99,7 @@ async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: M
             list(result.outputs.values()),
             request_id=request_id,
         )
-        agent.metrics.infer_requests_total.labels("native").inc()
+        agent.metrics.answered["native"].inc()
     except EdgewireError as exc:
         agent.metrics.infer_errors_total.labels("native", exc.code).inc()
         stream.send_error(exc.code, exc.message, request_id=request_id)

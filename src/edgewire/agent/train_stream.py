@@ -134,7 +134,7 @@ async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int
             if got is None:
                 return
             frame, message = got
-            agent.metrics.frames_total.labels(frame.type.name).inc()
+            agent.metrics.frames[frame.type].inc()
             if frame.type is MsgType.TRAIN_BATCH:
                 item = batch_tensors(message)
                 unanswered += 1

@@ -4,8 +4,10 @@ Every protocol of the agent submits its requests to one :class:`Batcher` per
 model. One asyncio task collects waiting requests into a batch (up to
 ``max_batch_size`` rows, or until ``max_queue_delay_ms`` after the first one
 arrived), runs the blocking model call in an executor and hands each caller its
-own rows back. While one batch computes the next one is collected, so the model
-never waits for Python.
+own rows back. While one batch computes the next one is collected, and it is
+launched before the finished batch's callers resume, so their Python work
+overlaps the next model call. Each batch is its own executor job: batchers of
+several models sharing one model thread take turns.
 
 The hot path is kept small on purpose: a submit is a few attribute updates, one
 future and one deque append; the collector is only woken when a batch could be
@@ -135,7 +137,7 @@ class Batcher:
         self._forming: list[_Request] = []
         self._deferred: list[_Request] = []  # other signatures, skipped by _forming
         self._running: list[_Request] = []
-        self._busy: asyncio.Future[tuple[dict[str, Array], float, float]] | None = None
+        self._busy: asyncio.Future[list[InferResult]] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._wake_rows: float = 1  # queued rows at which a submit wakes the collector
         self._task: asyncio.Task[None] | None = None
@@ -346,7 +348,7 @@ class Batcher:
         if not live:
             return
         try:
-            busy = loop.run_in_executor(self._executor, _call, self._run, _gather(live))
+            busy = loop.run_in_executor(self._executor, _compute, self._run, live)
         except RuntimeError as exc:  # the executor was shut down under us
             self._failed += 1
             error = ModelError(f"model {self.name!r} cannot run: {_one_line(exc)}")
@@ -357,9 +359,7 @@ class Batcher:
         self._busy = busy
         busy.add_done_callback(functools.partial(self._on_done, live))
 
-    def _on_done(
-        self, batch: list[_Request], busy: asyncio.Future[tuple[dict[str, Array], float, float]]
-    ) -> None:
+    def _on_done(self, batch: list[_Request], busy: asyncio.Future[list[InferResult]]) -> None:
         if self._busy is busy:
             self._running, self._busy = [], None
         self._batches += 1
@@ -371,12 +371,7 @@ class Batcher:
         self._wake()
         exc = busy.exception() if not busy.cancelled() else ModelError("model call cancelled")
         if exc is None:
-            try:
-                results = _split(batch, *busy.result())
-            except EdgewireError as error:
-                exc = error
-        if exc is None:
-            for req, result in zip(batch, results, strict=True):
+            for req, result in zip(batch, busy.result(), strict=True):
                 if not req.fut.done():
                     req.fut.set_result(result)
         else:
@@ -438,25 +433,16 @@ def _describe(inputs: dict[str, Array]) -> tuple[int, _Signature]:
     return rows, tuple(sig)
 
 
-def _gather(batch: list[_Request]) -> dict[str, Array]:
-    """One batch's inputs, concatenated along the row axis."""
+def _compute(run: RunFn, batch: list[_Request]) -> list[InferResult]:
+    """Concatenate, run and split one batch (in the executor thread)."""
     if len(batch) == 1:
-        return batch[0].inputs
-    return {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
-
-
-def _call(run: RunFn, inputs: dict[str, Array]) -> tuple[dict[str, Array], float, float]:
-    """The model call alone (in the executor thread): outputs, start time, milliseconds."""
+        inputs = batch[0].inputs
+    else:
+        inputs = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+    total = sum(r.rows for r in batch)
     start = time.perf_counter()
     outputs = run(inputs)
-    return outputs, start, (time.perf_counter() - start) * 1000.0
-
-
-def _split(
-    batch: list[_Request], outputs: dict[str, Array], start: float, compute_ms: float
-) -> list[InferResult]:
-    """Check the outputs have one row per input row and hand each request its rows."""
-    total = sum(r.rows for r in batch)
+    compute_ms = (time.perf_counter() - start) * 1000.0
     if not isinstance(outputs, dict) or not outputs:
         raise ModelError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
     for key, arr in outputs.items():
@@ -468,7 +454,8 @@ def _split(
     for req in batch:
         end = offset + req.rows
         own = outputs if len(batch) == 1 else {k: v[offset:end] for k, v in outputs.items()}
-        results.append(InferResult(own, (start - req.t0) * 1000.0, compute_ms, total))
+        queue_ms = (start - req.t0) * 1000.0
+        results.append(InferResult(own, queue_ms, compute_ms, total))
         offset = end
     return results
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(port: int, protocol: str, clients: int, seconds: float, **kw: Any) -> LoadResult:
     spec = LoadSpec(
         host="127.0.0.1", port=port, protocol=protocol, model="mnist", clients=clients,
@@ -228,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             console.print(
                 f"edgewire MnistProt, {args.burst}-client burst: {burst_s:.3f} s ({burst_ok} answered)"
             )
+            cpu0 = process_cpu_s(agent.proc.pid)
             native = load(agent.ports["native"], "native", args.clients, seconds)
+            agent_cpu_us = (process_cpu_s(agent.proc.pid) - cpu0) / max(native.ok, 1) * 1e6
+            client_cpu_us = native.client_cpu_s / max(native.ok, 1) * 1e6
+            console.print(
+                f"CPU per native request: agent {agent_cpu_us:.0f} µs (model included), "
+                f"clients {client_cpu_us:.0f} µs; model alone {1e6 / ceiling_sps * 2:.0f} µs of 2 cores"
+            )
             console.print(
                 f"native, {args.clients} clients: {native.rps:,.0f} req/s, p99 {native.percentile(99):.1f} ms"
             )
@@ -263,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "mnistprot_1000_p99_ms": mnistprot.percentile(99),
         "mnistprot_1000_errors": mnistprot.errors,
         "native_vs_ceiling": native.rps / ceiling_sps,
+        "native_agent_cpu_us_per_request": agent_cpu_us,
+        "native_client_cpu_us_per_request": client_cpu_us,
         "mnistprot_vs_ceiling": mnistprot.rps / ceiling_sps,
         "seed_burst_s": seed_s,
         "seed_burst_ok": seed_ok,
@@ -301,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             f"`edgewire.bench.loadgen` in separate processes on the same 2 cores; {seconds:g} s per load run; "
             f"bursts by the {burst_tool.kind}).\n\n"
             + markdown_table(header, rows)
-            + "\n\nTargets: "
+            + f"\n\nCPU per native request at {args.clients} clients: agent {agent_cpu_us:.0f} µs (model call included), "
+            f"load generator {client_cpu_us:.0f} µs; the model alone needs {2e6 / ceiling_sps:.0f} µs of CPU per sample "
+            "at its best batch (2 cores busy).\n\nTargets: "
             + "; ".join(
                 f"{name}: **{'met' if ok else 'not met'}**" for name, ok in verdicts.items()
             )

@@ -67,6 +67,8 @@ class LoadResult:
     seconds: float = 0.0
     latencies_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     error_kinds: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds the client processes used (to tell client cost from server cost).
+    client_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -223,26 +225,27 @@ async def _client(
 
 async def _worker_main(
     spec: LoadSpec, clients: int, start: Any
-) -> tuple[list[float], dict[str, int], float]:
+) -> tuple[list[float], dict[str, int], float, float]:
     request = _REQUESTS[spec.protocol](spec)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     # Every worker and the parent meet here, so all clients start together.
     await asyncio.get_running_loop().run_in_executor(None, start.wait)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     stop_at = asyncio.get_running_loop().time() + (spec.duration or 0.0)
     await asyncio.gather(
         *(_client(spec, request, stop_at, latencies, errors) for _ in range(clients))
     )
-    return latencies, errors, time.perf_counter() - t0
+    return latencies, errors, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def _worker(spec: LoadSpec, clients: int, start: Any, out: Any) -> None:
     from edgewire.agent.server import event_loop_factory
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        latencies, errors, seconds = runner.run(_worker_main(spec, clients, start))
-    out.put((np.asarray(latencies, dtype=np.float64).tobytes(), errors, seconds))
+        latencies, errors, seconds, cpu = runner.run(_worker_main(spec, clients, start))
+    out.put((np.asarray(latencies, dtype=np.float64).tobytes(), errors, seconds, cpu))
 
 
 def run_load(spec: LoadSpec) -> LoadResult:
@@ -261,8 +264,9 @@ def run_load(spec: LoadSpec) -> LoadResult:
         w.join(10)
     result = LoadResult(clients=spec.clients)
     chunks = []
-    for raw, errors, seconds in parts:
+    for raw, errors, seconds, cpu in parts:
         chunks.append(np.frombuffer(raw, dtype=np.float64))
+        result.client_cpu_s += cpu
         for kind, n in errors.items():
             result.error_kinds[kind] = result.error_kinds.get(kind, 0) + n
         result.seconds = max(result.seconds, seconds)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgewire.errors import ConfigError, ProtocolError
+from edgewire.errors import BusyError, ConfigError, ProtocolError
 from edgewire.train.session import BatchOutcome, RunPlan, RunState, apply_batch, finish_run
 from edgewire.wire.frames import Frame, MsgType
 from edgewire.wire.messages import Message, require_finite
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from edgewire.agent.server import Agent
 
 _END = None
+#: How long a new stream waits for the old one of the same run to let go.
+REATTACH_WAIT_S = 5.0
 DEFAULT_WINDOW = 8
 
 
@@ -54,7 +57,6 @@ async def serve_training(
 ) -> None:
     from edgewire.train.trainer import TrainSpec
 
-    loop = asyncio.get_running_loop()
     meta = message.meta
     run_id = meta.get("run_id")
     if not isinstance(run_id, str):
@@ -65,12 +67,7 @@ async def serve_training(
     if not isinstance(window, int) or window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
     window = min(window, agent.config.max_train_window)
-    state, resumed = await loop.run_in_executor(
-        agent.train_executor,
-        lambda: agent.runs.open(
-            run_id=run_id, spec=spec, plan=plan, resume=bool(meta.get("resume"))
-        ),
-    )
+    state, resumed = await _open_run(agent, run_id, spec, plan, resume=bool(meta.get("resume")))
     try:
         stream.send(
             MsgType.TRAIN_READY,
@@ -89,6 +86,27 @@ async def serve_training(
         await _pump(agent, stream, state, window)
     finally:
         agent.runs.detach(state)
+
+
+async def _open_run(
+    agent: Agent, run_id: str, spec: Any, plan: RunPlan, *, resume: bool
+) -> tuple[RunState, bool]:
+    """Attach to the run; a host that reconnects right after a drop may find its
+    old connection not yet noticed as gone, so a busy run gets a few seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REATTACH_WAIT_S
+    while True:
+        try:
+            return await loop.run_in_executor(
+                agent.train_executor,
+                functools.partial(
+                    agent.runs.open, run_id=run_id, spec=spec, plan=plan, resume=resume
+                ),
+            )
+        except BusyError:
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int) -> None:
@@ -114,23 +132,35 @@ async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int
     )
     cfg = agent.config
     ended = False
+    # One plain read per frame; a stop request or a failed training thread
+    # interrupts the read by cancelling this task (cheaper per batch than
+    # racing two fresh tasks with asyncio.wait, and the loop's time is the
+    # trainer's time on a small board).
+    this = asyncio.current_task()
+    assert this is not None
+    reading = False
+
+    def interrupt(_: object) -> None:
+        if reading and not this.done():
+            this.cancel()
+
+    stop_wait = asyncio.ensure_future(agent.stopping.wait())
+    stop_wait.add_done_callback(interrupt)
+    worker.add_done_callback(interrupt)
     try:
         while not ended:
-            read = asyncio.ensure_future(
-                stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
-            )
-            stopping = asyncio.ensure_future(agent.stopping.wait())
-            waiting: set[asyncio.Future[Any]] = {read, stopping, worker}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if read not in done:
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
-                if worker in done:
+            reading = True
+            try:
+                got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
+            except asyncio.CancelledError:
+                if not (agent.stopping.is_set() or worker.done()):
+                    raise  # cancelled from outside: not ours to swallow
+                this.uncancel()
+                if worker.done() and not worker.cancelled() and worker.exception() is not None:
                     worker.result()  # raises the training thread's error
-                raise _Draining()
-            got = read.result()
+                raise _Draining() from None
+            finally:
+                reading = False
             if got is None:
                 return
             frame, message = got
@@ -157,6 +187,7 @@ async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int
         await loop.run_in_executor(agent.train_executor, _checkpoint, state)
         stream.send_error("shutting_down", "the agent is shutting down; resume the run later")
     finally:
+        stop_wait.cancel()
         await _stop_worker(worker, jobs)
 
 

@@ -32,6 +32,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stream_train.py --quick
+	$(BIN)/python benchmarks/serve.py --quick
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -34,26 +34,15 @@ from edgewire.bench.report import json_line, markdown_table, print_table, write_
 from edgewire.bench.spawn import SpawnedAgent
 from edgewire.data.datasets import Dataset, load_dataset
 from edgewire.train.local import train_local
-from edgewire.train.stream_client import StreamOptions, stream_training
+from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
 from edgewire.train.trainer import Trainer, TrainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
 
 
-def spec_for(data: Dataset, model: str) -> dict[str, Any]:
-    c, h, w = data.shape
-    return {
-        "model": model,
-        "in_channels": c,
-        "height": h,
-        "width": w,
-        "num_classes": data.num_classes,
-    }
-
-
 def run_local(data: Dataset, model: str, batch_size: int) -> float:
-    trainer = Trainer(TrainSpec.from_dict(spec_for(data, model)))
+    trainer = Trainer(TrainSpec.from_dict(spec_for(data, model=model)))
     trainer.train_step(
         data.x[:batch_size], data.y[:batch_size]
     )  # warm-up, as the agent's first batch
@@ -77,7 +66,11 @@ def run_stream(
             marks.setdefault("first_count", payload["count"])
 
     options = StreamOptions(
-        run_id=run_id, spec=spec_for(data, model), epochs=1, batch_size=batch_size, window=window
+        run_id=run_id,
+        spec=spec_for(data, model=model),
+        epochs=1,
+        batch_size=batch_size,
+        window=window,
     )
     asyncio.run(stream_training("127.0.0.1", port, data, None, options, on_event=on_event))
     return (marks["samples"] - marks["first_count"]) / (marks["last"] - marks["first"])

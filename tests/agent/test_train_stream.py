@@ -12,6 +12,7 @@ import pytest
 
 from edgewire.data.datasets import Dataset, load_dataset
 from edgewire.errors import RemoteError
+from edgewire.train import stream_client
 from edgewire.train.stream_client import StreamOptions, stream_training
 from edgewire.wire.frames import MsgType
 from edgewire.wire.stream import open_framed
@@ -24,15 +25,7 @@ def digits() -> tuple[Dataset, Dataset]:
 
 
 def spec_for(data: Dataset, model: str = "lenet5") -> dict[str, Any]:
-    c, h, w = data.shape
-    return {
-        "model": model,
-        "in_channels": c,
-        "height": h,
-        "width": w,
-        "num_classes": data.num_classes,
-        "lr": 3e-3,
-    }
+    return stream_client.spec_for(data, model=model, lr=3e-3)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from edgewire.agent.legacy import read_chunk
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
 
@@ -34,14 +35,9 @@ async def handle_bts0(
     batches = 0
     try:
         while not agent.stopping.is_set():
-            timeout = cfg.frame_timeout if decoder.buffered else cfg.idle_timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    chunk = await reader.read(READ_CHUNK)
-            except TimeoutError as exc:
-                raise PeerTimeout(f"BTS0 sender silent for {timeout:g} s") from exc
-            except OSError as exc:
-                raise ConnectError(str(exc)) from exc
+            chunk = await read_chunk(
+                reader, cfg, mid_message=bool(decoder.buffered), size=READ_CHUNK, what="BTS0 sender"
+            )
             if not chunk:
                 decoder.flush()
                 return

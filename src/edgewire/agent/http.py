@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
@@ -59,8 +60,10 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
     )
 
 
-async def read_body(request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT) -> bytes:
-    """The request body, refused past ``cap`` bytes or when a chunk takes over ``timeout`` s."""
+async def iter_body(
+    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT
+) -> AsyncIterator[bytes]:
+    """The request body in chunks, refused past ``cap`` bytes or when a chunk takes over ``timeout`` s."""
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         # No decompression at all: a 1 kB gzip bomb cannot become 10 GB here.
@@ -75,7 +78,6 @@ async def read_body(request: Request, *, cap: int, timeout: float = BODY_CHUNK_T
             raise ProtocolError(f"bad Content-Length {declared!r}") from None
         if size > cap:
             raise FrameTooLarge(f"body of {size} bytes is over the limit of {cap}")
-    chunks: list[bytes] = []
     total = 0
     stream = request.stream().__aiter__()
     while True:
@@ -83,14 +85,17 @@ async def read_body(request: Request, *, cap: int, timeout: float = BODY_CHUNK_T
             async with asyncio.timeout(timeout):
                 chunk = await stream.__anext__()
         except StopAsyncIteration:
-            break
+            return
         except TimeoutError:
             raise PeerTimeout(f"request body stalled for {timeout:g} s") from None
         total += len(chunk)
         if total > cap:
             raise FrameTooLarge(f"body is over the limit of {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT) -> bytes:
+    return b"".join([chunk async for chunk in iter_body(request, cap=cap, timeout=timeout)])
 
 
 def check_management(agent: Agent, request: Request) -> None:

@@ -28,9 +28,7 @@ from starlette.responses import JSONResponse, Response
 from edgewire.errors import (
     ConfigError,
     EdgewireError,
-    FrameTooLarge,
     ModelError,
-    PeerTimeout,
     ProtocolError,
 )
 
@@ -43,26 +41,13 @@ DEFAULT_ALIAS = "production"
 
 
 async def _stream_to_file(request: Request, path: Path, *, cap: int) -> int:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise FrameTooLarge(f"upload of {declared} bytes is over the limit of {cap}")
-    if request.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
-        raise ProtocolError("compressed uploads are not accepted; send the file as it is")
+    from edgewire.agent.http import iter_body
+
     total = 0
-    stream = request.stream().__aiter__()
     with path.open("wb") as out:
-        while True:
-            try:
-                async with asyncio.timeout(UPLOAD_CHUNK_TIMEOUT):
-                    chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise PeerTimeout(f"upload stalled for {UPLOAD_CHUNK_TIMEOUT:g} s") from None
-            total += len(chunk)
-            if total > cap:
-                raise FrameTooLarge(f"upload is over the limit of {cap} bytes")
+        async for chunk in iter_body(request, cap=cap, timeout=UPLOAD_CHUNK_TIMEOUT):
             out.write(chunk)
+            total += len(chunk)
     return total
 
 

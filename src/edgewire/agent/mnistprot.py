@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgewire.agent.legacy import read_chunk
 from edgewire.agent.serving import reshape_flat
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
 from edgewire.wire.mnistprot import (
@@ -39,14 +40,13 @@ async def handle_mnistprot(
     framer = RequestFramer()
     try:
         while not agent.stopping.is_set():
-            timeout = cfg.frame_timeout if framer.buffered else cfg.idle_timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    chunk = await reader.read(READ_CHUNK)
-            except TimeoutError as exc:
-                raise PeerTimeout(f"MnistProt client silent for {timeout:g} s") from exc
-            except OSError as exc:
-                raise ConnectError(str(exc)) from exc
+            chunk = await read_chunk(
+                reader,
+                cfg,
+                mid_message=bool(framer.buffered),
+                size=READ_CHUNK,
+                what="MnistProt client",
+            )
             if not chunk:
                 return
             for raw in framer.feed(chunk):

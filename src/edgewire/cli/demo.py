@@ -21,7 +21,7 @@ import typer
 
 from edgewire.cli.common import console, run
 from edgewire.cli.progress import TrainDisplay
-from edgewire.cli.train import load_splits, print_summary, spec_dict
+from edgewire.cli.train import load_splits, print_summary
 
 
 def demo_command(
@@ -51,7 +51,7 @@ async def _demo(
 ) -> None:
     from edgewire.agent.server import Agent
     from edgewire.config import AgentConfig
-    from edgewire.train.stream_client import StreamOptions, stream_training
+    from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
 
     config = AgentConfig(
         host="127.0.0.1", port=0, http_port=0, legacy_mnistprot_port=0, data_dir=data_dir
@@ -73,7 +73,7 @@ async def _demo(
         )
         options = StreamOptions(
             run_id=time.strftime("demo-%Y%m%d-%H%M%S"),
-            spec=spec_dict(train, model="mnist_cnn", optimizer="adam", lr=1e-3, seed=0),
+            spec=spec_for(train, model="mnist_cnn", optimizer="adam", lr=1e-3, seed=0),
             epochs=epochs,
             batch_size=batch_size,
             checkpoint_every=50,

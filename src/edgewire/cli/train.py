@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgewire.cli.common import console, parse_address, run
 from edgewire.cli.progress import TrainDisplay
+from edgewire.train.stream_client import spec_for
 
 train_app = typer.Typer(no_args_is_help=True)
 
@@ -26,20 +27,6 @@ def load_splits(
     if val_fraction <= 0:
         return dataset, None
     return dataset.split(val_fraction=val_fraction, seed=seed)
-
-
-def spec_dict(dataset: Any, *, model: str, optimizer: str, lr: float, seed: int) -> dict[str, Any]:
-    channels, height, width = dataset.shape
-    return {
-        "model": model,
-        "in_channels": channels,
-        "height": height,
-        "width": width,
-        "num_classes": dataset.num_classes,
-        "optimizer": optimizer,
-        "lr": lr,
-        "seed": seed,
-    }
 
 
 @train_app.command("stream", help="Stream a data set to an agent that trains on-device.")
@@ -77,7 +64,7 @@ def stream_command(
     )
     options = StreamOptions(
         run_id=run_id or f"{model}-{train.name}",
-        spec=spec_dict(train, model=model, optimizer=optimizer, lr=lr, seed=seed),
+        spec=spec_for(train, model=model, optimizer=optimizer, lr=lr, seed=seed),
         epochs=epochs,
         batch_size=batch_size,
         checkpoint_every=checkpoint_every,
@@ -117,7 +104,7 @@ def run_command(
         data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed
     )
     trainer = Trainer(
-        TrainSpec.from_dict(spec_dict(train, model=model, optimizer=optimizer, lr=lr, seed=seed))
+        TrainSpec.from_dict(spec_for(train, model=model, optimizer=optimizer, lr=lr, seed=seed))
     )
     total = epochs * math.ceil(len(train) / batch_size)
     with TrainDisplay(console=console, total=total, as_json=as_json) as display:

@@ -43,6 +43,17 @@ class StreamOptions:
     timeout: float = 300.0
 
 
+def spec_for(
+    data: Dataset, *, model: str, optimizer: str = "adam", lr: float = 1e-3, seed: int = 0
+) -> dict[str, Any]:
+    """The model spec (as TRAIN_BEGIN carries it) for training ``model`` on ``data``."""
+    channels, height, width = data.shape
+    return {
+        "model": model, "in_channels": channels, "height": height, "width": width,
+        "num_classes": data.num_classes, "optimizer": optimizer, "lr": lr, "seed": seed,
+    }  # fmt: skip
+
+
 def plan_for(train: Dataset, val: Dataset | None, options: StreamOptions) -> dict[str, int]:
     return {
         "epochs": options.epochs,

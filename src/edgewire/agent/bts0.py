@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from edgewire.agent.legacy import read_chunk
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
+from edgewire.wire.stream import linger_close
 
 if TYPE_CHECKING:
     from edgewire.agent.server import Agent
@@ -33,6 +34,7 @@ async def handle_bts0(
     decoder = Bts0Decoder()
     trainer: Trainer | None = None
     batches = 0
+    refused = False
     try:
         while not agent.stopping.is_set():
             chunk = await read_chunk(
@@ -60,13 +62,12 @@ async def handle_bts0(
         agent.metrics.errors_total.labels("bts0", exc.code).inc()
         log.info("BTS0 sender refused: %s", exc)
         writer.write(ERR_REPLY)
-        try:
-            async with asyncio.timeout(1.0):
-                await writer.drain()
-        except (TimeoutError, OSError):
-            pass
+        refused = True
     finally:
-        writer.close()
+        if refused:
+            await linger_close(reader, writer)
+        else:
+            writer.close()
         if trainer is not None and batches:
             await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
 

@@ -25,6 +25,7 @@ async def handle_native(
     cfg = agent.config
     stream = FramedStream(reader, writer, max_payload=cfg.max_frame_bytes)
     inflight: set[asyncio.Task[None]] = set()
+    errored = False
     try:
         while not agent.stopping.is_set():
             got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
@@ -60,12 +61,11 @@ async def handle_native(
         # wrong cannot be trusted to be in sync any more.
         agent.metrics.errors_total.labels("native", exc.code).inc()
         stream.send_error(exc.code, exc.message)
-        with contextlib.suppress(EdgewireError):
-            await stream.drain(1.0)
+        errored = True
     finally:
         if inflight:
             await asyncio.wait(inflight, timeout=cfg.drain_timeout)
-        await stream.close()
+        await (stream.close_after_error() if errored else stream.close())
 
 
 async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: Message) -> None:

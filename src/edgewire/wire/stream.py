@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -108,6 +109,10 @@ class FramedStream:
         except (ConnectionError, OSError) as exc:
             raise ConnectError(f"connection lost: {exc}") from exc
 
+    async def close_after_error(self, linger: float = 1.0) -> None:
+        """Close so that the peer still reads our error frame (see ``linger_close``)."""
+        await linger_close(self.reader, self.writer, linger)
+
     async def close(self) -> None:
         self.writer.close()
         try:
@@ -115,6 +120,34 @@ class FramedStream:
                 await self.writer.wait_closed()
         except (TimeoutError, ConnectionError, OSError):
             pass
+
+
+async def linger_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, linger: float = 1.0
+) -> None:
+    """Close so that the peer still reads what we sent last (an error reply, say).
+
+    Closing a socket with unread input makes the kernel send RST, and an RST
+    can destroy our last reply before the peer reads it. So: send FIN, throw
+    away whatever the peer is still sending for up to ``linger`` seconds, then
+    close. A peer that does not take our reply within ``linger`` is cut off.
+    """
+    try:
+        async with asyncio.timeout(linger):
+            await writer.drain()
+    except (TimeoutError, ConnectionError, OSError):
+        writer.transport.abort()
+        return
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(linger):
+            while await reader.read(READ_CHUNK):
+                pass
+    writer.close()
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
 
 
 def _remote_error(code: str, text: str) -> RemoteError:

@@ -56,6 +56,8 @@ class AgentConfig:
     max_upload_bytes: int = 512 * 1024 * 1024
     #: Largest HTTP inference request body (bytes).
     max_request_bytes: int = 16 * 1024 * 1024
+    #: Seconds an HTTP body may pause between chunks (slow senders are cut off).
+    body_timeout: float = 10.0
     #: Requests one native connection may have in flight.
     max_inflight_per_connection: int = 64
 
@@ -64,7 +66,7 @@ class AgentConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} must be a TCP port (0-65535), got {value!r}")
-        for name in ("idle_timeout", "frame_timeout", "drain_timeout"):
+        for name in ("idle_timeout", "frame_timeout", "drain_timeout", "body_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.token is not None and len(self.token) < 8:

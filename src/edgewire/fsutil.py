@@ -67,6 +67,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, _write)
 
 
+def lock_folder(path: Path) -> int | None:
+    """Take an exclusive lock on ``path/.lock``; the open fd, or None when another process holds it.
+
+    The kernel drops the lock when the process dies, SIGKILL included, so a
+    crash never leaves a folder locked. Platforms without ``fcntl`` get no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_folder(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file, read in chunks so large models need little memory."""
     digest = hashlib.sha256()

@@ -153,3 +153,14 @@ async def test_error_frames_become_remote_errors(agent: RunningAgent) -> None:
     with pytest.raises(RemoteError):
         await stream.read_message(5)
     await stream.close()
+
+
+def test_second_agent_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with (
+        agent_in_thread(tmp_path / "shared"),
+        pytest.raises(ConfigError, match="in use by another agent"),
+        agent_in_thread(tmp_path / "shared"),
+    ):
+        pass
+    with agent_in_thread(tmp_path / "shared") as again:  # the lock went with the first agent
+        assert httpx.get(f"http://127.0.0.1:{again.http}/v2/health/ready").status_code == 200

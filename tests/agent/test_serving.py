@@ -324,3 +324,30 @@ def test_swap_under_load_drops_nothing_and_stays_live(
     assert len(answers) == 150
     for a in answers:
         assert any(np.allclose(a, v, atol=1e-5) for v in valid)
+
+
+def test_slow_body_is_cut_off_and_agent_keeps_serving(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    with agent_in_thread(tmp_path / "agent", body_timeout=0.5) as running:
+        assert upload(running, models["good"]).status_code == 201
+        body = b'{"inputs": [{"name": "input_0", "shape": [1, 784], "datatype": "FP32", "data": ['
+        with socket.create_connection(("127.0.0.1", running.http), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + body
+            )
+            reply = b""  # nothing more is sent: the body stalls
+            while b"stalled" not in reply and (chunk := sock.recv(4096)):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 504"), reply
+        assert b"stalled" in reply
+        ok = httpx.post(
+            f"http://127.0.0.1:{running.http}/v2/models/mnist/infer",
+            json={
+                "inputs": [
+                    {"name": "input_0", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}
+                ]
+            },
+        )
+        assert ok.status_code == 200, ok.text

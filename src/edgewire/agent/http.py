@@ -165,7 +165,9 @@ def create_app(agent: Agent) -> FastAPI:
                 raise ModelError(
                     f"model {name!r} serves version {loaded.version.version}, not {version}"
                 )
-            body = await read_body(request, cap=agent.config.max_request_bytes)
+            body = await read_body(
+                request, cap=agent.config.max_request_bytes, timeout=agent.config.body_timeout
+            )
             header_length = request.headers.get("inference-header-content-length")
             parsed = kserve.parse_infer_request(
                 body,

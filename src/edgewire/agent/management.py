@@ -36,16 +36,29 @@ if TYPE_CHECKING:
     from edgewire.agent.server import Agent
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-UPLOAD_CHUNK_TIMEOUT = 30.0
 DEFAULT_ALIAS = "production"
+UPLOADS = "uploads"
 
 
-async def _stream_to_file(request: Request, path: Path, *, cap: int) -> int:
+def sweep_uploads(data_dir: Path) -> int:
+    """Remove uploads a killed agent left half-written; how many went. Call with the data dir locked."""
+    folder = data_dir / UPLOADS
+    if not folder.is_dir():
+        return 0
+    gone = 0
+    for leftover in folder.iterdir():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
+async def _stream_to_file(request: Request, path: Path, *, cap: int, timeout: float) -> int:
     from edgewire.agent.http import iter_body
 
     total = 0
     with path.open("wb") as out:
-        async for chunk in iter_body(request, cap=cap, timeout=UPLOAD_CHUNK_TIMEOUT):
+        async for chunk in iter_body(request, cap=cap, timeout=timeout):
             out.write(chunk)
             total += len(chunk)
     return total
@@ -90,11 +103,13 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
         alias = request.query_params.get("alias", DEFAULT_ALIAS)
         sha256 = request.query_params.get("sha256") or request.headers.get("x-edgewire-sha256")
         activate = request.query_params.get("activate", "1") not in ("0", "false", "no")
-        staging = agent.config.data_dir / "uploads"
+        staging = agent.config.data_dir / UPLOADS
         await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
         tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.onnx"
         try:
-            size = await _stream_to_file(request, tmp, cap=agent.config.max_upload_bytes)
+            size = await _stream_to_file(
+                request, tmp, cap=agent.config.max_upload_bytes, timeout=agent.config.body_timeout
+            )
             if size == 0:
                 raise ModelError("the upload is empty")
             version = await asyncio.to_thread(store.add, name, tmp, sha256=sha256)

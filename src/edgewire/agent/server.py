@@ -13,10 +13,12 @@ from typing import Any
 
 import uvicorn
 
+from edgewire.agent.management import sweep_uploads
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
 from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
+from edgewire.fsutil import lock_folder, unlock_folder
 from edgewire.train.session import RunRegistry
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Agent:
         self._http_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._open: dict[str, int] = {}
+        self._lock: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -61,8 +64,16 @@ class Agent:
         cfg.check_bind_safety()
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = lock_folder(cfg.data_dir)
         except OSError as exc:
-            raise ConfigError(f"cannot create data dir {str(cfg.data_dir)!r}: {exc}") from exc
+            raise ConfigError(f"cannot use data dir {str(cfg.data_dir)!r}: {exc}") from exc
+        if lock is None:
+            raise ConfigError(
+                f"data dir {str(cfg.data_dir)!r} is in use by another agent; "
+                "give each agent its own --data-dir"
+            )
+        self._lock = lock
+        await asyncio.to_thread(sweep_uploads, cfg.data_dir)
         from edgewire.agent.native import handle_native
 
         await self.serving.start()
@@ -189,6 +200,9 @@ class Agent:
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
         await self.serving.stop()
         self.train_executor.shutdown(wait=True)
+        if self._lock is not None:
+            unlock_folder(self._lock)
+            self._lock = None
 
 
 async def run_agent(

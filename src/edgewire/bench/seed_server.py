@@ -23,7 +23,6 @@ Requests are decoded with the verified codec, so garbage is dropped, not parsed 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import socket
 import socketserver
@@ -36,6 +35,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from edgewire.config import is_loopback
 from edgewire.errors import ConfigError, EdgewireError
 from edgewire.wire.mnistprot import (
     CMD_INFERENCE_INPUT,
@@ -132,7 +132,7 @@ class SeedServer:
     """
 
     def __init__(self, infer: Infer, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ConfigError(
                 f"the seed server copy has no authentication; bind it to loopback, not {host!r}"
             )
@@ -184,12 +184,3 @@ class SeedServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -197,6 +197,26 @@ async def test_a_dedicated_executor_runs_the_model() -> None:
     assert model.threads[0].startswith("model-thread")
 
 
+async def test_a_full_batch_queues_behind_the_running_one_without_the_event_loop() -> None:
+    model = Model(sleep_s=0.05)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        policy = BatchPolicy(max_batch_size=2, max_queue_delay_ms=0)
+        batcher = Batcher(model, policy=policy, executor=pool)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit({"x": rows(1)}))
+        await wait_until(model.entered.is_set)
+        second = asyncio.ensure_future(batcher.submit({"x": rows(2, 1)}))  # a full batch
+        partial = asyncio.ensure_future(batcher.submit({"x": rows(1, 7)}))  # not full
+        await asyncio.sleep(0.01)  # the collector launches what it may
+        time.sleep(0.2)  # noqa: ASYNC251 - a busy event loop: nothing runs on it now
+        # The full batch went straight from the first call to the model; the
+        # partial one waited for the loop (it may still gain company).
+        assert model.batch_rows == [1, 2]
+        await asyncio.gather(first, second, partial)
+        assert model.batch_rows == [1, 2, 1]
+        await batcher.stop()
+
+
 # -- different signatures -------------------------------------------------------------
 
 
@@ -270,6 +290,9 @@ async def test_full_queue_rejects_at_once_and_recovers_after_draining() -> None:
     async with running(model, max_batch_size=1, max_queue_delay_ms=0, max_queue=3) as batcher:
         running_one = asyncio.ensure_future(batcher.submit({"x": rows(1)}))
         await wait_until(model.entered.is_set)
+        # One full batch queues behind the running one; the next three wait in the queue.
+        queued = asyncio.ensure_future(batcher.submit({"x": rows(1, 5)}))
+        await wait_until(lambda: len(model.calls) == 2)  # the default executor starts it
         waiting = [asyncio.ensure_future(batcher.submit({"x": rows(1, i)})) for i in (1, 2, 3)]
         await wait_until(lambda: batcher.queue_depth == 3)
 
@@ -279,14 +302,14 @@ async def test_full_queue_rejects_at_once_and_recovers_after_draining() -> None:
         with pytest.raises(BusyError, match="max_queue 3"):
             refused.send(None)
         assert batcher.stats["rejected"] == 1
-        assert not running_one.done() and not any(t.done() for t in waiting)
+        assert not running_one.done() and not any(t.done() for t in [queued, *waiting])
 
         model.release.set()
-        await asyncio.gather(running_one, *waiting)
+        await asyncio.gather(running_one, queued, *waiting)
         assert batcher.queue_depth == 0
         result = await batcher.submit({"x": rows(1, 4)})
         np.testing.assert_array_equal(result.outputs["y"], rows(1, 4) * 2 + 1)
-    assert batcher.stats["requests"] == 5
+    assert batcher.stats["requests"] == 6
 
 
 # -- deadlines and cancellation -------------------------------------------------------

@@ -4,9 +4,10 @@ Every protocol of the agent submits its requests to one :class:`Batcher` per
 model. One asyncio task collects waiting requests into a batch (up to
 ``max_batch_size`` rows, or until ``max_queue_delay_ms`` after the first one
 arrived), runs the blocking model call in an executor and hands each caller its
-own rows back. While one batch computes the next one is collected, and it is
-launched before the finished batch's callers resume, so their Python work
-overlaps the next model call. Each batch is its own executor job: batchers of
+own rows back. While one batch computes the next one is collected; once full it
+is queued behind the running one (so the model thread never waits for a busy
+event loop between batches), otherwise it is launched before the finished
+batch's callers resume, so their Python work overlaps the next model call. Each batch is its own executor job: batchers of
 several models sharing one model thread take turns.
 
 The hot path is kept small on purpose: a submit is a few attribute updates, one
@@ -49,6 +50,9 @@ RunFn = Callable[[dict[str, Array]], dict[str, Array]]
 """A blocking model call: named input batches in, named output batches out."""
 
 _Signature = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
+
+#: Batches launched at once: one computing and one full batch queued behind it.
+MAX_INFLIGHT_BATCHES = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +118,13 @@ class _Request:
 
 
 class Batcher:
-    """Collects concurrent requests for one model into batched model calls."""
+    """Collects concurrent requests for one model into batched model calls.
+
+    Up to two batches are launched at once (one computing, one full batch queued
+    behind it). With a one-thread executor, as the agent uses, they run one
+    after the other; with a wider one they may overlap, so ``run`` must then be
+    thread-safe (ONNX Runtime sessions are).
+    """
 
     def __init__(
         self,
@@ -136,8 +146,8 @@ class Batcher:
         self._depth = 0  # requests waiting, in _queue or in the batch being collected
         self._forming: list[_Request] = []
         self._deferred: list[_Request] = []  # other signatures, skipped by _forming
-        self._running: list[_Request] = []
-        self._busy: asyncio.Future[list[InferResult]] | None = None
+        # Launched batches, running or queued in the executor, with their requests.
+        self._inflight: dict[asyncio.Future[list[InferResult]], list[_Request]] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._wake_rows: float = 1  # queued rows at which a submit wakes the collector
         self._task: asyncio.Task[None] | None = None
@@ -267,7 +277,7 @@ class Batcher:
         while True:
             first = self._pop_live()
             if first is None:
-                if self._closing and self._busy is None:
+                if self._closing and not self._inflight:
                     return
                 await self._sleep(wake_rows=1, until=None)
                 continue
@@ -279,10 +289,13 @@ class Batcher:
             while True:
                 rows, full = self._fill(batch, rows, deferred)
                 ready = full or self._closing or loop.time() >= close_at
-                if ready and self._busy is None:
+                inflight = len(self._inflight)
+                if ready and (inflight == 0 or (full and inflight < MAX_INFLIGHT_BATCHES)):
                     break
-                # Not ready, or ready while the previous batch still computes: keep
-                # collecting (a fuller next batch costs nothing) until it finishes.
+                # Ready while the previous batch still computes: a batch that is not
+                # full keeps collecting (a fuller batch costs nothing) until it
+                # finishes; a full one queues behind it, so the model thread goes
+                # from batch to batch without waiting for the event loop.
                 await self._sleep(
                     wake_rows=math.inf if full else max_rows - rows,
                     until=None if ready else close_at,
@@ -355,13 +368,14 @@ class Batcher:
             for req in live:
                 req.fut.set_exception(error)
             return
-        self._running = live
-        self._busy = busy
+        self._inflight[busy] = live
         busy.add_done_callback(functools.partial(self._on_done, live))
 
     def _on_done(self, batch: list[_Request], busy: asyncio.Future[list[InferResult]]) -> None:
-        if self._busy is busy:
-            self._running, self._busy = [], None
+        self._inflight.pop(busy, None)
+        if busy.cancelled():  # given up at shutdown before it started; callers were failed
+            self._wake()
+            return
         self._batches += 1
         self._requests += len(batch)
         self._rows += sum(r.rows for r in batch)
@@ -369,7 +383,7 @@ class Batcher:
         # batch starts computing before the callers' tasks resume and resubmit, and
         # their Python work overlaps the model call instead of preceding it.
         self._wake()
-        exc = busy.exception() if not busy.cancelled() else ModelError("model call cancelled")
+        exc = busy.exception()
         if exc is None:
             for req, result in zip(batch, busy.result(), strict=True):
                 if not req.fut.done():
@@ -391,11 +405,15 @@ class Batcher:
         return error
 
     def _fail_all(self, error: EdgewireError) -> None:
-        pending = [*self._queue, *self._forming, *self._deferred, *self._running]
+        running = [req for batch in self._inflight.values() for req in batch]
+        pending = [*self._queue, *self._forming, *self._deferred, *running]
         self._queue.clear()
         self._queued_rows = 0
         self._deferred.clear()
-        self._forming, self._running = [], []
+        self._forming = []
+        for busy in self._inflight:
+            busy.cancel()  # a batch still queued behind the running one never starts
+        self._inflight.clear()
         for req in pending:
             if req.waiting:
                 req.waiting = False

@@ -139,7 +139,11 @@ def test_set_alias_keeps_history_and_rollback_pops_it(store: ModelStore, onnx_fi
     store.set_alias("m", "production", 2)  # same target: no history entry
     store.set_alias("m", "production", 3)
     on_disk = json.loads((store.root / "m" / "aliases.json").read_text())
-    assert on_disk == {"aliases": {"production": 3}, "history": {"production": [1, 2]}}
+    assert on_disk == {
+        "aliases": {"production": 3},
+        "history": {"production": [1, 2]},
+        "deleted_up_to": 0,
+    }
     assert store.rollback("m").version == 2
     assert store.rollback("m", "production").version == 1
     assert store.aliases("m") == {"production": 1}
@@ -183,6 +187,19 @@ def test_delete_refuses_an_aliased_version_unless_forced(
     assert sorted(p.name for p in (store.root / "m").iterdir()) == ["aliases.json", "versions"]
     with pytest.raises(ModelError, match="not found"):
         store.delete("m", 2)
+
+
+def test_a_deleted_version_number_is_never_given_to_another_model_file(
+    store: ModelStore, onnx_file: Path
+) -> None:
+    store.add("m", onnx_file)
+    store.add("m", onnx_file)
+    store.delete("m", 2)
+    assert store.add("m", onnx_file).version == 3  # not 2 again: a client may still cache "2"
+    store.delete("m", 3)
+    store.delete("m", 1)
+    assert store.versions("m") == []
+    assert ModelStore(store.root).add("m", onnx_file).version == 4  # remembered on disk
 
 
 # -- hostile and broken files ----------------------------------------------------------

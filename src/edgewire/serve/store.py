@@ -4,7 +4,11 @@ Layout under ``root``::
 
     <name>/versions/<N>/model.onnx     (+ its external data files, inside that folder)
     <name>/versions/<N>/meta.json      (the ModelVersion, without its path)
-    <name>/aliases.json                {"aliases": {"production": N}, "history": {"production": [..]}}
+    <name>/aliases.json                {"aliases": {"production": N}, "history": {"production": [..]},
+                                        "deleted_up_to": M}
+
+Version numbers only grow: ``deleted_up_to`` remembers the highest number ever
+deleted, so a number, once given to a model file, never names another one.
 
 A version is staged in a hidden folder next to ``versions/`` and renamed into
 place in one step, so a crash leaves either no version or a complete one.
@@ -409,7 +413,8 @@ class ModelStore:
             staging.mkdir()
             try:
                 version = self._stage(name, source, staging, expected=expected, max_bytes=max_bytes)
-                number = max(self._version_numbers(name), default=0) + 1
+                retired = self._read_aliases(name)["deleted_up_to"]
+                number = max([*self._version_numbers(name), retired]) + 1
                 final = self._versions_dir(name) / str(number)
                 version = dataclasses.replace(
                     version, version=number, path=final, labels=labels_t, preprocessing=prep
@@ -513,6 +518,7 @@ class ModelStore:
             data["history"] = {
                 a: [v for v in h if v != version] for a, h in data["history"].items()
             }
+            data["deleted_up_to"] = max(data["deleted_up_to"], int(version))
             self._write_aliases(name, data)
             model_dir = self.root / name
             # Renamed away first: a crash mid-rmtree leaves no half version visible.
@@ -548,20 +554,21 @@ class ModelStore:
             if leftover.name.startswith((_STAGING, _DELETING)):
                 shutil.rmtree(leftover, ignore_errors=True)
 
-    def _read_aliases(self, name: str) -> dict[str, dict[str, Any]]:
+    def _read_aliases(self, name: str) -> dict[str, Any]:
         path = self.root / name / ALIASES_FILE
         try:
             raw = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
-            return {"aliases": {}, "history": {}}
+            return {"aliases": {}, "history": {}, "deleted_up_to": 0}
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {name!r}: unreadable aliases ({type(exc).__name__})") from None
         try:
             aliases = {str(k): int(v) for k, v in raw.get("aliases", {}).items()}
             history = {str(k): [int(x) for x in v] for k, v in raw.get("history", {}).items()}
+            deleted_up_to = int(raw.get("deleted_up_to", 0))
         except (AttributeError, TypeError, ValueError) as exc:
             raise ModelError(f"model {name!r}: malformed aliases ({exc})") from None
-        return {"aliases": aliases, "history": history}
+        return {"aliases": aliases, "history": history, "deleted_up_to": deleted_up_to}
 
     def _write_aliases(self, name: str, data: Mapping[str, Any]) -> None:
         body = json.dumps(data, indent=2, sort_keys=True).encode()

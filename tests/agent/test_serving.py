@@ -22,7 +22,7 @@ from edgewire.wire.mnistprot import (
     encode_response,
 )
 from tests.helpers import RunningAgent, agent_in_thread
-from tests.serve.models import broken_model, linear_model
+from tests.serve.models import broken_model, huge_input_model, image_model, linear_model
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -351,3 +351,60 @@ def test_slow_body_is_cut_off_and_agent_keeps_serving(
             },
         )
         assert ok.status_code == 200, ok.text
+
+
+def test_flat_rows_fit_an_image_model_and_oversized_batches_are_refused_early(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "image.onnx"
+    w, b = image_model(image)
+    with agent_in_thread(tmp_path / "agent", max_batch_size=4) as running:
+        assert upload(running, image).status_code == 201
+
+        async def ask(x: np.ndarray) -> np.ndarray:
+            async with await Client.connect("127.0.0.1", running.native) as client:
+                return (await client.infer("mnist", [x])).outputs["output_0"]
+
+        flat = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+        # What the C and MicroPython clients send: flat rows of 784 values.
+        np.testing.assert_allclose(asyncio.run(ask(flat)), softmax(flat @ w.T + b), atol=1e-5)
+        shaped = asyncio.run(ask(flat.reshape(3, 1, 28, 28)))
+        np.testing.assert_allclose(shaped, softmax(flat @ w.T + b), atol=1e-5)
+        with pytest.raises(RemoteError, match=r"must have shape \[N, 1, 28, 28\], got \[1, 783\]"):
+            asyncio.run(ask(flat[:1, :783]))
+        with pytest.raises(RemoteError, match="5 rows is over the maximum of 4"):
+            asyncio.run(ask(np.zeros((5, 784), np.float32)))
+
+
+def test_an_unservable_model_is_not_kept_and_never_stops_the_agent(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    huge = tmp_path / "huge.onnx"
+    huge_input_model(huge)
+    with agent_in_thread(tmp_path / "agent") as running:
+        assert upload(running, models["good"]).status_code == 201
+        refused = upload(running, huge)
+        assert refused.status_code == 422 and "over the limit" in refused.text, refused.text
+        # A bad alias is refused before anything is stored or served.
+        assert upload(running, models["other"], alias="123").status_code == 400
+        # Stored without activation under another name: served by nobody yet.
+        assert upload(running, huge, "huge", activate="0").status_code == 201
+        listing = {
+            m["name"]: m
+            for m in httpx.get(f"http://127.0.0.1:{running.http}/api/models").json()["models"]
+        }
+        assert [v["version"] for v in listing["mnist"]["versions"]] == [1]
+        assert listing["mnist"]["serving"]["version"] == 1
+    # On restart the agent meets the unservable model, logs it and serves the rest.
+    with agent_in_thread(tmp_path / "agent") as running:
+        x = np.ones((1, 784), np.float32)
+
+        async def ask() -> np.ndarray:
+            async with await Client.connect("127.0.0.1", running.native) as client:
+                return (await client.infer("mnist", [x])).outputs["output_0"]
+
+        np.testing.assert_allclose(
+            asyncio.run(ask()), softmax(x @ models["w"].T + models["b"]), atol=1e-5
+        )
+        served = {m["name"] for m in running.agent.serving.model_status()}
+        assert served == {"mnist"}

@@ -7,6 +7,8 @@ exports used. The batch dimension is dynamic.
 - :func:`linear_model`: ``softmax(x @ W.T + b)``; :func:`expected` computes it.
 - :func:`model_with_external_data`: the same model with ``W`` in a separate file.
 - :func:`broken_model`: passes the ONNX checker, fails on its first run.
+- :func:`image_model`: the linear model behind a [batch, 1, 28, 28] input.
+- :func:`huge_input_model`: valid, but a row of input would take 4 TiB.
 """
 
 from __future__ import annotations
@@ -120,6 +122,34 @@ def broken_model(path: Path, *, in_features: int = 784, out_features: int = 10) 
         [y],
         initializer=[numpy_helper.from_array(indices, "idx")],
     )
+    model = _model(graph)
+    onnx.checker.check_model(model)
+    Path(path).write_bytes(model.SerializeToString())
+
+
+def image_model(path: Path, *, seed: int = 0) -> tuple[Array, Array]:
+    """The linear model behind an image input: ``input_0`` is [batch, 1, 28, 28],
+    flattened inside the graph, as the CNNs that edgewire trains take it."""
+    w, b = weights_for(seed=seed)
+    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 1, 28, 28])
+    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 10])
+    nodes = [
+        helper.make_node("Flatten", [INPUT], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "b"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], [OUTPUT], axis=1),
+    ]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")]
+    model = _model(helper.make_graph(nodes, "image", [x], [y], initializer=inits))
+    onnx.checker.check_model(model)
+    Path(path).write_bytes(model.SerializeToString())
+    return w, b
+
+
+def huge_input_model(path: Path) -> None:
+    """A valid model whose one row of input would take 4 TiB: it can never be served."""
+    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 1 << 20, 1 << 20])
+    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 1 << 20, 1 << 20])
+    graph = helper.make_graph([helper.make_node("Identity", [INPUT], [OUTPUT])], "huge", [x], [y])
     model = _model(graph)
     onnx.checker.check_model(model)
     Path(path).write_bytes(model.SerializeToString())

@@ -82,6 +82,11 @@ def payload(records: list[bytes], meta: bytes = b"{}", count: int | None = None)
         (payload([], meta=b"[1,2]"), ProtocolError, "JSON object"),
         (payload([], meta=b"\xff\xfe"), ProtocolError, "UTF-8 JSON"),
         (payload([], meta=b"{nope"), ProtocolError, "UTF-8 JSON"),
+        # meta that would not survive being sent back (a PING echoes it)
+        (payload([], meta=b'{"a": NaN}'), ProtocolError, "NaN is not a JSON value"),
+        (payload([], meta=b'{"a": -Infinity}'), ProtocolError, "Infinity is not a JSON value"),
+        (payload([], meta=b"[" * 30_000 + b"]" * 30_000), ProtocolError, "nested too deeply"),
+        (payload([], meta=b'{"a": ' + b"9" * 5000 + b"}"), ProtocolError, "UTF-8 JSON"),
         (payload([], count=65535), FrameTooLarge, "65535 tensors"),
         (payload([], count=1), ProtocolError, "truncated"),
         (payload([tensor_record(42, [1], 1, b"x")]), ProtocolError, "unknown dtype code 42"),

@@ -172,7 +172,7 @@ def create_app(agent: Agent) -> FastAPI:
             parsed = kserve.parse_infer_request(
                 body,
                 header_length=int(header_length)
-                if header_length and header_length.isdigit()
+                if header_length and header_length.isascii() and header_length.isdigit()
                 else None,
                 inputs=[_spec(t) for t in loaded.inputs],
                 max_body=agent.config.max_request_bytes,

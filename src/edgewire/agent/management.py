@@ -31,6 +31,7 @@ from edgewire.errors import (
     ModelError,
     ProtocolError,
 )
+from edgewire.serve.store import check_alias, check_name
 
 if TYPE_CHECKING:
     from edgewire.agent.server import Agent
@@ -103,6 +104,8 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
         alias = request.query_params.get("alias", DEFAULT_ALIAS)
         sha256 = request.query_params.get("sha256") or request.headers.get("x-edgewire-sha256")
         activate = request.query_params.get("activate", "1") not in ("0", "false", "no")
+        check_name(name)
+        check_alias(alias)  # before anything is stored or served
         staging = agent.config.data_dir / UPLOADS
         await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
         tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.onnx"
@@ -118,7 +121,14 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
                 tmp.unlink()
         body: dict[str, Any] = {"name": name, "version": version.version, "sha256": version.sha256}
         if activate:
-            await serving.activate(name, version.version)  # raises: the old version keeps serving
+            try:
+                await serving.activate(name, version.version)
+            except EdgewireError:
+                # It does not load: the old version keeps serving, and the new one goes
+                # (no alias points to it), so a restart never meets it either.
+                with contextlib.suppress(EdgewireError):
+                    await asyncio.to_thread(store.delete, name, version.version)
+                raise
             await asyncio.to_thread(store.set_alias, name, alias, version.version)
             body["alias"] = alias
             body["active"] = True
@@ -143,6 +153,7 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
         version, alias = body.get("version"), body.get("alias", DEFAULT_ALIAS)
         if not isinstance(version, int | str) or not isinstance(alias, str):
             raise ConfigError("activate needs {'version': N, 'alias': 'production'}")
+        check_alias(alias)
         target = await asyncio.to_thread(store.resolve, name, version)
         await serving.activate(name, target.version)
         await asyncio.to_thread(store.set_alias, name, alias, target.version)
@@ -167,7 +178,7 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
     async def delete(request: Request) -> Response:
         name = request.path_params["name"]
         raw = request.path_params["version"]
-        if not str(raw).isdigit():
+        if not (str(raw).isascii() and str(raw).isdigit()):
             raise ConfigError(f"version must be a number, got {raw!r}")
         await asyncio.to_thread(store.delete, name, int(raw))
         return JSONResponse({"name": name, "deleted": int(raw)})

@@ -78,10 +78,18 @@ async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: M
         names = meta.get("inputs")
         inputs: dict[str, Any] | list[Any] = message.tensors
         if names is not None:
-            if not isinstance(names, list) or len(names) != len(message.tensors):
+            if (
+                not isinstance(names, list)
+                or len(names) != len(message.tensors)
+                or not all(isinstance(n, str) for n in names)
+            ):
                 raise ProtocolError("'inputs' must name each tensor of the request")
             inputs = dict(zip(names, message.tensors, strict=True))
         deadline = meta.get("deadline_ms")
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline < 0
+        ):
+            raise ProtocolError(f"'deadline_ms' must be a non-negative number, got {deadline!r}")
         served = await agent.serving.infer(
             model, inputs, deadline_ms=float(deadline) if deadline is not None else None
         )

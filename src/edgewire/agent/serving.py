@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import DataError, ModelError
+from edgewire.errors import DataError, EdgewireError, ModelError
 from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult
 from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
 from edgewire.serve.store import ModelStore, ModelVersion, TensorInfo
@@ -63,8 +63,10 @@ class Serving:
         for name in names:
             try:
                 await self.activate(name)
-            except ModelError as exc:
+            except EdgewireError as exc:
                 log.warning("model %r not served: %s", name, exc)
+            except Exception:  # a broken model must never keep the agent down
+                log.exception("model %r not served", name)
 
     async def stop(self) -> None:
         for batcher in self._batchers.values():
@@ -127,7 +129,7 @@ class Serving:
         deadline_ms: float | None = None,
     ) -> Served:
         loaded = self.loaded(name)
-        named = check_inputs(loaded.inputs, inputs)
+        named = check_inputs(loaded.inputs, inputs, max_rows=self.policy.max_batch_size)
         deadline = None
         if deadline_ms is not None:
             deadline = asyncio.get_running_loop().time() + deadline_ms / 1000
@@ -151,8 +153,12 @@ class Serving:
 def check_inputs(
     expected: Sequence[TensorInfo],
     inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
+    *,
+    max_rows: int | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
-    """One request's tensors against the model's inputs, before it can spoil a batch."""
+    """One request's tensors against the model's inputs, before it can spoil a batch
+    or wait in the queue. Flat rows (N × 784 for an N × 1 × 28 × 28 input, as a
+    microcontroller sends them) are taken as the model's shape."""
     if not isinstance(inputs, Mapping):
         if len(inputs) != len(expected):
             raise DataError(f"the model takes {len(expected)} inputs, got {len(inputs)} tensors")
@@ -168,6 +174,7 @@ def check_inputs(
         array = inputs[info.name]
         if array.dtype != np.dtype(info.dtype):
             raise DataError(f"input {info.name!r} must be {info.dtype}, got {array.dtype}")
+        array = _unflatten(info, array)
         if array.ndim != len(info.shape) or array.ndim == 0:
             raise DataError(
                 f"input {info.name!r} must have shape {_shape(info)}, got {list(array.shape)}"
@@ -179,9 +186,23 @@ def check_inputs(
                 )
         if array.shape[0] < 1:
             raise DataError(f"input {info.name!r} has an empty batch")
+        if max_rows is not None and array.shape[0] > max_rows:
+            raise DataError(
+                f"input {info.name!r}: {array.shape[0]} rows is over the maximum of {max_rows}"
+            )
         require_finite(array, f"input {info.name!r}")
         named[info.name] = array
     return named
+
+
+def _unflatten(info: TensorInfo, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array`` as ``info``'s shape if it is N flat rows of exactly that many values."""
+    dims = info.shape[1:]
+    if array.ndim != 2 or len(dims) < 2 or any(d is None for d in dims):
+        return array
+    if math.prod(d for d in dims if d is not None) != array.shape[1]:
+        return array
+    return array.reshape((array.shape[0], *(d for d in dims if d is not None)))
 
 
 def _shape(info: TensorInfo) -> str:

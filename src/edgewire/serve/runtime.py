@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,14 +233,27 @@ def _session(version: ModelVersion, options: RuntimeOptions, providers: list[str
     )
 
 
+#: A warm-up batch bigger than this is refused: no request that large could be served.
+MAX_WARMUP_BYTES = 1 << 30
+
+
 def _warm_up(loaded: LoadedModel, batch: int) -> None:
     """Run zeros of ``batch`` rows through the model and check what comes back."""
     version = loaded.version
-    feed = {t.name: np.zeros(_warmup_shape(t.shape, batch), dtype=t.dtype) for t in loaded.inputs}
+    shapes = {t.name: (_warmup_shape(t.shape, batch), np.dtype(t.dtype)) for t in loaded.inputs}
+    size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes.values())
+    if size > MAX_WARMUP_BYTES:
+        raise ModelError(
+            f"{_label(version)}: a batch of {batch} takes {size} bytes of input, "
+            f"over the limit of {MAX_WARMUP_BYTES}"
+        )
     try:
+        feed = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
         outputs = loaded.run(feed)
-    except (ModelError, DataError) as exc:
-        raise ModelError(f"{_label(version)} failed its warm-up (batch {batch}): {exc}") from None
+    except (ModelError, DataError, ValueError, MemoryError) as exc:
+        raise ModelError(
+            f"{_label(version)} failed its warm-up (batch {batch}): {_reason(exc, version)}"
+        ) from None
     batched = loaded.batch_dim_ok()
     for info in loaded.outputs:
         value = outputs[info.name]

@@ -58,6 +58,14 @@ def check_name(value: str, *, what: str = "model name") -> str:
     return value
 
 
+def check_alias(value: str) -> str:
+    """``value`` if it can name an alias (a safe name that is not a number), else ConfigError."""
+    check_name(value, what="alias")
+    if value.isdigit():
+        raise ConfigError(f"invalid alias {value!r}: an alias cannot be a plain number")
+    return value
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TensorInfo:
     """One model input or output: name, numpy dtype name, shape (None = dynamic)."""
@@ -366,7 +374,7 @@ class ModelStore:
             return self.get(name, numbers[-1])
         if isinstance(ref, str) and ref in aliases:
             return self.get(name, aliases[ref])
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
             return self.get(name, int(ref))
         known = ", ".join(sorted(aliases)) or "none"
         raise ModelError(f"alias {ref!r} of model {name!r} not found (aliases: {known})")
@@ -470,9 +478,7 @@ class ModelStore:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``alias`` at ``version``; the old target goes onto its history."""
         check_name(name)
-        check_name(alias, what="alias")
-        if alias.isdigit():
-            raise ConfigError(f"invalid alias {alias!r}: an alias cannot be a plain number")
+        check_alias(alias)
         with self._lock:
             self.get(name, version)  # must exist
             data = self._read_aliases(name)
@@ -540,7 +546,10 @@ class ModelStore:
         return sorted(
             int(p.name)
             for p in folder.iterdir()
-            if p.name.isdigit() and not p.name.startswith("0") and (p / META_FILE).is_file()
+            if p.name.isascii()
+            and p.name.isdigit()
+            and not p.name.startswith("0")
+            and (p / META_FILE).is_file()
         )
 
     def _prepare(self, model_dir: Path) -> None:

@@ -237,7 +237,11 @@ def _restore_optimizer(
         if not name.startswith("optim."):
             continue
         index_text, _, key = name.removeprefix("optim.").partition(".")
-        if not index_text.isdigit() or int(index_text) >= len(params) or not key:
+        if (
+            not (index_text.isascii() and index_text.isdigit())
+            or int(index_text) >= len(params)
+            or not key
+        ):
             raise CheckpointError(f"checkpoint {where!r} has a stray optimizer tensor {name!r}")
         index = int(index_text)
         if key not in _STATE_KEYS[trainer.spec.optimizer]:

@@ -200,3 +200,20 @@ def test_bad_batches_get_clear_errors(
         await stream.close()
 
     asyncio.run(go())
+
+
+def test_a_loss_gone_nan_gets_an_error_frame_not_a_hang(
+    agent: RunningAgent, digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    huge = np.full(train.x[:4].shape, 3e38, np.float32)
+    huge[:, :, ::2] *= -1  # finite, but the sums overflow: inf - inf in the first layer
+
+    async def go() -> None:
+        stream = await _begin(agent.native, train, "nan-loss")
+        stream.send(MsgType.TRAIN_BATCH, {"seq": 0}, [huge, train.y[:4]])
+        with pytest.raises(RemoteError, match="the loss is nan"):
+            await stream.read_message(30)
+        await stream.close()
+
+    asyncio.run(go())

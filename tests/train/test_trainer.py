@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgewire.errors import ConfigError, DataError
+from edgewire.errors import ConfigError, DataError, TrainError
 from edgewire.train.trainer import EvalResult, StepResult, Trainer, TrainSpec
 
 MNIST = {"in_channels": 1, "height": 28, "width": 28, "num_classes": 10}
@@ -117,6 +117,23 @@ def test_bad_batch_raises_data_error_and_changes_nothing(
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(optim_before, trainer.optimizer.state_dict()["state"][0]["exp_avg"])
     assert trainer.steps == 1
+
+
+def test_a_nan_loss_is_a_train_error_and_changes_nothing(
+    mnist: tuple[np.ndarray, np.ndarray],
+) -> None:
+    x, y = mnist
+    trainer = Trainer(TrainSpec(model="lenet5", **MNIST))
+    trainer.train_step(x[:8], y[:8])
+    before = _weights(trainer)
+    huge = np.full(x[:8].shape, 3e38, np.float32)
+    huge[:, :, ::2] *= -1  # finite, but the sums overflow: inf - inf in the first layer
+    with pytest.raises(TrainError, match="the loss is nan"):
+        trainer.train_step(huge, y[:8])
+    after = _weights(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.steps == 1
+    trainer.train_step(x[8:16], y[8:16])  # still trains afterwards
 
 
 def test_uint8_is_scaled_on_the_device_like_float32_over_255(

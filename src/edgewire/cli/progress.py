@@ -77,15 +77,20 @@ class TrainDisplay:
                 advance=1,
                 description=f"e{int(data['epoch']) + 1} {data['split']}",
                 rate=f"{self.samples_per_s:,.0f}/s",
-                loss=f"{float(data['loss']):.4f}",
+                loss=_loss(data["loss"]),
                 acc=_pct(float(data["accuracy"])),
                 step=f"{float(data['step_ms']):.0f} ms",
                 mem=self._mem,
             )
         elif kind == "epoch" and not self.as_json:
             train = data["train"]
-            line = f"epoch {int(data['epoch']) + 1}: train loss {train['loss']:.4f} acc {_pct(train['accuracy'])}"
+            line = f"epoch {int(data['epoch']) + 1}: train loss {_loss(train['loss'])} acc {_pct(train['accuracy'])}"
             if data.get("val"):
                 val = data["val"]
-                line += f" | held-out loss {val['loss']:.4f} acc {_pct(val['accuracy'])}"
+                line += f" | held-out loss {_loss(val['loss'])} acc {_pct(val['accuracy'])}"
             self._progress.console.print(line, highlight=False)
+
+
+def _loss(value: object) -> str:
+    """A loss as 4 decimals; the agent sends null for one that overflowed."""
+    return "nan" if value is None else f"{float(value):.4f}"  # type: ignore[arg-type]

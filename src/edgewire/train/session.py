@@ -11,6 +11,7 @@ where the last checkpoint left off and no batch is counted twice.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -90,9 +91,17 @@ class Metrics:
         self.correct += correct
         self.count += count
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
         n = max(self.count, 1)
-        return {"loss": self.loss_sum / n, "accuracy": self.correct / n, "samples": self.count}
+        return {
+            "loss": _finite_or_none(self.loss_sum / n),
+            "accuracy": self.correct / n,
+            "samples": self.count,
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass(slots=True)
@@ -147,7 +156,7 @@ class BatchOutcome:
             "seq": self.seq,
             "epoch": self.epoch,
             "split": self.split,
-            "loss": self.loss,
+            "loss": _finite_or_none(self.loss),  # an eval batch may overflow: JSON has no NaN
             "accuracy": self.correct / self.count if self.count else 0.0,
             "count": self.count,
             "step_ms": round(self.step_ms, 3),

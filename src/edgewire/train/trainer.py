@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgewire import fsutil
-from edgewire.errors import ConfigError, DataError, ModelError
+from edgewire.errors import ConfigError, DataError, ModelError, TrainError
 from edgewire.train.models import MODEL_NAMES, build_model
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -355,7 +355,8 @@ class Trainer:
     # -- training and inference ----------------------------------------------------
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> StepResult:
-        """One optimizer step on a batch; raises DataError (changing nothing) on bad input."""
+        """One optimizer step on a batch; raises DataError on bad input and TrainError on a
+        NaN or infinite loss, changing nothing in either case."""
         x = self._check_x(x)
         y = self._check_y(y, x.shape[0])
         start = time.perf_counter()
@@ -365,12 +366,18 @@ class Trainer:
             self._optimizer.zero_grad(set_to_none=True)
             logits = self._model(inputs)
             loss = F.cross_entropy(logits, labels)
+            loss_value = float(loss.item())  # .item() also waits for the GPU to finish
+            if not math.isfinite(loss_value):
+                # Stepping on it would turn every weight into NaN for good.
+                raise TrainError(
+                    f"the loss is {loss_value} on this batch (no step taken): "
+                    "check the data's scale, or lower the learning rate"
+                )
             torch.autograd.backward(loss)
             self._optimizer.step()
         self._steps += 1
         with torch.no_grad():
             correct = int((logits.argmax(dim=1) == labels).sum().item())
-        loss_value = float(loss.item())  # .item() also waits for the GPU to finish
         step_ms = (time.perf_counter() - start) * 1000.0
         return StepResult(
             loss=loss_value,

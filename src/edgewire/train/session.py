@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -117,6 +118,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     attached: bool = False
     started: float = field(default_factory=time.monotonic)
+    detached_at: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -167,11 +169,22 @@ class BatchOutcome:
         }
 
 
-class RunRegistry:
-    """The runs this agent knows; at most one stream attached to a run at a time."""
+#: Runs held in memory at once (streaming, or left unfinished for a quick resume).
+#: Past it, the run left longest ago is checkpointed to disk and let go.
+MAX_LIVE_RUNS = 3
 
-    def __init__(self, root: Path) -> None:
+
+class RunRegistry:
+    """The runs this agent knows; at most one stream attached to a run at a time.
+
+    Memory is bounded: a run left before its first batch is forgotten at once
+    (nothing to resume), and at most ``max_live`` runs stay in memory; an
+    unfinished one beyond that is checkpointed and resumes from disk.
+    """
+
+    def __init__(self, root: Path, *, max_live: int = MAX_LIVE_RUNS) -> None:
         self.root = root
+        self.max_live = max_live
         self._live: dict[str, RunState] = {}
 
     def run_dir(self, run_id: str) -> Path:
@@ -200,6 +213,7 @@ class RunRegistry:
             self._check_same(live, spec, plan)
             state, resumed = live, True
         elif resume and checkpoint.exists():
+            self._make_room()
             state = self._load(run_id, run_dir, checkpoint)
             self._check_same(state, spec, plan)
             resumed = True
@@ -209,6 +223,7 @@ class RunRegistry:
                 "or --run-id to start another"
             )
         else:
+            self._make_room()
             run_dir.mkdir(parents=True, exist_ok=True)
             state = RunState(run_id=run_id, run_dir=run_dir, plan=plan, trainer=Trainer(spec))
             (run_dir / "run.json").write_text(
@@ -222,8 +237,27 @@ class RunRegistry:
 
     def detach(self, state: RunState) -> None:
         state.attached = False
+        state.detached_at = time.monotonic()
         if state.finished:
             self._live.pop(state.run_id, None)
+        elif state.next_seq == 0:
+            # Nothing trained: nothing to resume, so nothing is kept, in memory or on disk.
+            self._live.pop(state.run_id, None)
+            if not (state.run_dir / CHECKPOINT_NAME).exists():
+                shutil.rmtree(state.run_dir, ignore_errors=True)
+
+    def _make_room(self) -> None:
+        """Checkpoint and let go of left runs until a new one fits (blocking: training thread)."""
+        while len(self._live) >= self.max_live:
+            left = [st for st in list(self._live.values()) if not st.attached]
+            if not left:
+                raise BusyError(
+                    f"{len(self._live)} training runs are streaming already; try again later"
+                )
+            oldest = min(left, key=lambda st: st.detached_at)
+            if oldest.next_seq:
+                save_run_checkpoint(oldest)
+            self._live.pop(oldest.run_id, None)
 
     @staticmethod
     def _check_same(state: RunState, spec: TrainSpec, plan: RunPlan) -> None:

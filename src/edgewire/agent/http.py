@@ -61,9 +61,10 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
 
 
 async def iter_body(
-    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT
+    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
 ) -> AsyncIterator[bytes]:
-    """The request body in chunks, refused past ``cap`` bytes or when a chunk takes over ``timeout`` s."""
+    """The request body in chunks, refused past ``cap`` bytes, when a chunk takes over
+    ``timeout`` s, or when the whole body takes over ``total`` s."""
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         # No decompression at all: a 1 kB gzip bomb cannot become 10 GB here.
@@ -78,24 +79,32 @@ async def iter_body(
             raise ProtocolError(f"bad Content-Length {declared!r}") from None
         if size > cap:
             raise FrameTooLarge(f"body of {size} bytes is over the limit of {cap}")
-    total = 0
+    received = 0
+    loop = asyncio.get_running_loop()
+    give_up = None if total is None else loop.time() + total
     stream = request.stream().__aiter__()
     while True:
+        wait = timeout if give_up is None else min(timeout, give_up - loop.time())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(wait, 0.0)):
                 chunk = await stream.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:
+            if give_up is not None and loop.time() >= give_up:
+                raise PeerTimeout(f"request body took over {total:g} s") from None
             raise PeerTimeout(f"request body stalled for {timeout:g} s") from None
-        total += len(chunk)
-        if total > cap:
+        received += len(chunk)
+        if received > cap:
             raise FrameTooLarge(f"body is over the limit of {cap} bytes")
         yield chunk
 
 
-async def read_body(request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT) -> bytes:
-    return b"".join([chunk async for chunk in iter_body(request, cap=cap, timeout=timeout)])
+async def read_body(
+    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
+) -> bytes:
+    chunks = iter_body(request, cap=cap, timeout=timeout, total=total)
+    return b"".join([chunk async for chunk in chunks])
 
 
 def check_management(agent: Agent, request: Request) -> None:
@@ -166,7 +175,10 @@ def create_app(agent: Agent) -> FastAPI:
                     f"model {name!r} serves version {loaded.version.version}, not {version}"
                 )
             body = await read_body(
-                request, cap=agent.config.max_request_bytes, timeout=agent.config.body_timeout
+                request,
+                cap=agent.config.max_request_bytes,
+                timeout=agent.config.body_timeout,
+                total=agent.config.frame_timeout,  # as one native frame: first byte to last
             )
             header_length = request.headers.get("inference-header-content-length")
             parsed = kserve.parse_infer_request(

@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from edgewire.agent.http_guard import DEFAULT_MAX_HEADER_BYTES, guarded_protocol
 from edgewire.agent.management import sweep_uploads
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
@@ -162,7 +163,12 @@ class Agent:
             access_log=False,
             timeout_keep_alive=15,
             timeout_graceful_shutdown=int(cfg.drain_timeout),
-            h11_max_incomplete_event_size=64 * 1024,
+            # httptools bounds neither the time nor the bytes of a request head.
+            http=guarded_protocol(
+                header_timeout=cfg.frame_timeout, max_header_bytes=DEFAULT_MAX_HEADER_BYTES
+            ),
+            # Past this many connections and requests at once, new ones get 503.
+            limit_concurrency=cfg.max_connections,
         )
         self._http = _QuietUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

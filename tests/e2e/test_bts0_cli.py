@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,41 @@ def test_bts0_port_refuses_bad_headers_with_err(tmp_path: Path, start_agent: Sta
             assert chunk
             reply += chunk
     assert REPLY.match(reply.decode().splitlines()[0])
+
+
+def test_bts0_senders_past_the_limit_get_err_and_a_slot_frees_on_hang_up(
+    tmp_path: Path, start_agent: StartAgent
+) -> None:
+    from edgewire.agent.bts0 import MAX_SESSIONS
+
+    agent = start_agent(tmp_path, "--legacy-bts0-port", "0")
+    port = agent.ports["bts0"]
+    good = struct.pack("<4sIIIQQ", b"BTS0", 0, 1, 0, 8 * 3136, 8)
+    batch = good + np.zeros((8, 1, 28, 28), "<f4").tobytes() + bytes(range(8))
+
+    def start_sender() -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(batch)
+        reply = b""
+        while b"OK" not in reply and b"ERR" not in reply:
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            reply += chunk
+        return sock, reply
+
+    senders = [start_sender() for _ in range(MAX_SESSIONS)]
+    assert all(b"OK" in reply for _, reply in senders)
+    extra, reply = start_sender()
+    assert reply == b"ERR\n"
+    extra.close()
+    senders[0][0].close()  # one hangs up: its slot is free again
+    for _ in range(150):  # after it has saved what it learned (an ONNX export: seconds)
+        sock, reply = start_sender()
+        sock.close()
+        if b"OK" in reply:
+            break
+        time.sleep(0.2)
+    assert b"OK" in reply
+    for sock, _ in senders[1:]:
+        sock.close()

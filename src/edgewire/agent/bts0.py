@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgewire.agent.legacy import read_chunk
-from edgewire.errors import ConnectError, EdgewireError, PeerTimeout
+from edgewire.errors import BusyError, ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
 from edgewire.wire.stream import linger_close
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
+#: BTS0 senders training at once; the protocol has no token, so each is a model in
+#: memory that anyone on the network can ask for. More get the seed's ERR reply.
+MAX_SESSIONS = 2
 
 
 async def handle_bts0(
@@ -35,6 +38,7 @@ async def handle_bts0(
     trainer: Trainer | None = None
     batches = 0
     refused = False
+    counted = False
     try:
         while not agent.stopping.is_set():
             chunk = await read_chunk(
@@ -45,6 +49,10 @@ async def handle_bts0(
                 return
             for batch in decoder.feed(chunk):
                 if trainer is None:
+                    if agent.bts0_sessions >= MAX_SESSIONS:
+                        raise BusyError(f"{MAX_SESSIONS} BTS0 senders are training already")
+                    agent.bts0_sessions += 1
+                    counted = True
                     trainer = await loop.run_in_executor(
                         agent.train_executor, _new_trainer, cfg.bts0_model
                     )
@@ -68,8 +76,12 @@ async def handle_bts0(
             await linger_close(reader, writer)
         else:
             writer.close()
-        if trainer is not None and batches:
-            await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
+        try:
+            if trainer is not None and batches:
+                await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
+        finally:
+            if counted:
+                agent.bts0_sessions -= 1
 
 
 def _new_trainer(model: str) -> Trainer:

@@ -111,6 +111,12 @@ async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: M
     except EdgewireError as exc:
         agent.metrics.infer_errors_total.labels("native", exc.code).inc()
         stream.send_error(exc.code, exc.message, request_id=request_id)
+    except Exception as exc:  # a bug, not the peer's fault: answer, log, keep the connection
+        log.exception("native request %d failed", request_id)
+        agent.metrics.infer_errors_total.labels("native", "internal").inc()
+        stream.send_error(
+            "internal", f"the agent failed: {type(exc).__name__}", request_id=request_id
+        )
     with contextlib.suppress(EdgewireError):
         await stream.drain(agent.config.idle_timeout)
 

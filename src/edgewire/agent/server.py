@@ -45,6 +45,7 @@ class Agent:
         self.serving = Serving(config)
         # Training is CPU-bound and a model is not thread-safe: one training thread.
         self.train_executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-train")
+        self.bts0_sessions = 0  # BTS0 senders training now (each holds a model in memory)
         self.features: set[str] = {"health", "metrics", "train.stream", "infer", "kserve.v2"}
         self.ports: dict[str, int] = {}
         self.stopping = asyncio.Event()

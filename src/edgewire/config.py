@@ -38,6 +38,8 @@ class AgentConfig:
     frame_timeout: float = 30.0
     #: Largest frame payload accepted (bytes).
     max_frame_bytes: int = 64 * 1024 * 1024
+    #: Bytes all native connections together may hold in frames still arriving.
+    max_buffered_bytes: int = 512 * 1024 * 1024
     #: Most batches a training stream may have in flight (credits).
     max_train_window: int = 32
     #: Most simultaneous connections per listening port.
@@ -69,6 +71,11 @@ class AgentConfig:
         for name in ("idle_timeout", "frame_timeout", "drain_timeout", "body_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_buffered_bytes < self.max_frame_bytes:
+            raise ConfigError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
+                f"max_frame_bytes ({self.max_frame_bytes}), or no whole frame could arrive"
+            )
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
 

@@ -164,3 +164,36 @@ def test_second_agent_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         pass
     with agent_in_thread(tmp_path / "shared") as again:  # the lock went with the first agent
         assert httpx.get(f"http://127.0.0.1:{again.http}/v2/health/ready").status_code == 200
+
+
+def test_partial_frames_share_one_memory_budget(tmp_path: Path) -> None:
+    """Peers that each park most of a big frame cannot add up past max_buffered_bytes."""
+    from edgewire.wire.frames import HEADER_SIZE, MsgType, encode_frame
+
+    frame_bytes = 4 * 1024 * 1024
+    with agent_in_thread(
+        tmp_path / "agent", max_frame_bytes=frame_bytes, max_buffered_bytes=10 * 1024 * 1024
+    ) as running:
+        header = encode_frame(MsgType.PING, b"\0" * (frame_bytes - 64))[:HEADER_SIZE]
+        socks = []
+        try:
+            for _ in range(3):  # 3 x 3 MiB parked: fits in 10 MiB
+                sock = socket.create_connection(("127.0.0.1", running.native), timeout=10)
+                sock.sendall(header + b"\0" * (3 * 1024 * 1024))
+                socks.append(sock)
+            time.sleep(0.5)
+            assert running.agent.frame_budget.used >= 9 * 1024 * 1024
+            over = socket.create_connection(("127.0.0.1", running.native), timeout=10)
+            over.sendall(header + b"\0" * (3 * 1024 * 1024))  # the fourth would pass 10 MiB
+            reply = b""
+            while chunk := over.recv(65536):
+                reply += chunk
+            over.close()
+            assert b"busy" in reply and b"too much data at once" in reply
+        finally:
+            for sock in socks:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while running.agent.frame_budget.used and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.agent.frame_budget.used == 0  # all given back when they went

@@ -36,8 +36,11 @@ def test_a_head_that_never_ends_gets_408_and_is_closed(tmp_path: Path) -> None:
 
 def test_an_idle_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
     with agent_in_thread(tmp_path / "agent", frame_timeout=1.0) as running:
-        with socket.create_connection(("127.0.0.1", running.http), timeout=20) as sock:
+        sock = socket.create_connection(("127.0.0.1", running.http), timeout=20)
+        try:
             assert _reply(sock).startswith(b"HTTP/1.1 408")
+        finally:
+            sock.close()
 
 
 def test_a_huge_header_gets_431_before_it_is_all_read(tmp_path: Path) -> None:

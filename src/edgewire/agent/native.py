@@ -23,7 +23,9 @@ async def handle_native(
     agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     cfg = agent.config
-    stream = FramedStream(reader, writer, max_payload=cfg.max_frame_bytes)
+    stream = FramedStream(
+        reader, writer, max_payload=cfg.max_frame_bytes, budget=agent.frame_budget
+    )
     inflight: set[asyncio.Task[None]] = set()
     errored = False
     try:

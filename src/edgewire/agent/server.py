@@ -21,6 +21,7 @@ from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
 from edgewire.fsutil import lock_folder, unlock_folder
 from edgewire.train.session import RunRegistry
+from edgewire.wire.stream import ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Agent:
         self.serving = Serving(config)
         # Training is CPU-bound and a model is not thread-safe: one training thread.
         self.train_executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-train")
+        self.frame_budget = ByteBudget(config.max_buffered_bytes)
         self.bts0_sessions = 0  # BTS0 senders training now (each holds a model in memory)
         self.features: set[str] = {"health", "metrics", "train.stream", "infer", "kserve.v2"}
         self.ports: dict[str, int] = {}

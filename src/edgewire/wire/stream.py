@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy.typing as npt
 
-from edgewire.errors import ConnectError, PeerTimeout, ProtocolError, RemoteError, error_for_code
+from edgewire.errors import (
+    BusyError,
+    ConnectError,
+    PeerTimeout,
+    ProtocolError,
+    RemoteError,
+    error_for_code,
+)
 from edgewire.wire.frames import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, MsgType, encode_frame
 from edgewire.wire.messages import (
     DEFAULT_LIMITS,
@@ -23,6 +30,24 @@ from edgewire.wire.messages import (
 READ_CHUNK = 256 * 1024
 
 
+class ByteBudget:
+    """Bytes that all of a server's connections together may hold in frames they
+    are still receiving: each frame is capped, and this caps their sum, so many
+    peers each parking a nearly whole 64 MiB frame cannot exhaust memory."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def change(self, delta: int) -> bool:
+        """Hold ``delta`` more bytes (or fewer, if negative); False if that would
+        go over the capacity (then nothing is held)."""
+        if delta > 0 and self.used + delta > self.capacity:
+            return False
+        self.used += delta
+        return True
+
+
 class FramedStream:
     """Reads and writes whole frames; every read has a timeout."""
 
@@ -33,10 +58,13 @@ class FramedStream:
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         limits: Limits = DEFAULT_LIMITS,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.limits = limits
+        self._budget = budget
+        self._held = 0
         self._decoder = FrameDecoder(max_payload=max_payload)
         self._ready: deque[Frame] = deque()
 
@@ -65,10 +93,21 @@ class FramedStream:
             except (ConnectionError, OSError) as exc:
                 raise ConnectError(f"connection lost: {exc}") from exc
             if not chunk:
+                self._hold(0)
                 self._decoder.flush()
                 return None
             self._ready.extend(self._decoder.feed(chunk))
+            self._hold(self._decoder.buffered)
         return self._ready.popleft()
+
+    def _hold(self, buffered: int) -> None:
+        if self._budget is None:
+            return
+        if not self._budget.change(buffered - self._held):
+            raise BusyError(
+                "the agent is receiving too much data at once; send this frame again later"
+            )
+        self._held = buffered
 
     async def read_message(
         self, timeout: float | None, *, frame_timeout: float | None = None
@@ -109,11 +148,19 @@ class FramedStream:
         except (ConnectionError, OSError) as exc:
             raise ConnectError(f"connection lost: {exc}") from exc
 
+    def release(self) -> None:
+        """Give back what a partly received frame held of the shared budget."""
+        if self._budget is not None:
+            self._budget.change(-self._held)
+        self._held = 0
+
     async def close_after_error(self, linger: float = 1.0) -> None:
         """Close so that the peer still reads our error frame (see ``linger_close``)."""
+        self.release()
         await linger_close(self.reader, self.writer, linger)
 
     async def close(self) -> None:
+        self.release()
         self.writer.close()
         try:
             async with asyncio.timeout(1.0):

@@ -53,7 +53,7 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
     code = status or STATUS.get(exc.code, 500)
     headers = {"Retry-After": "1"} if code == 503 else None
     return Response(
-        kserve.error_body(exc.message),
+        kserve.error_body(exc.message, exc.code),
         status_code=code,
         media_type="application/json",
         headers=headers,

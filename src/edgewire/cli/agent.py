@@ -11,12 +11,13 @@ from edgewire.config import AgentConfig, load_config
 
 
 def agent_command(
-    host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
-    port: int | None = typer.Option(None, help="Native wire port [default: 7700]."),
-    http_port: int | None = typer.Option(None, help="HTTP port [default: 8000]."),
+    host: str | None = typer.Option(None, help=r"Address to bind \[default: 127.0.0.1]."),
+    port: int | None = typer.Option(None, help=r"Native wire port \[default: 7700]."),
+    http_port: int | None = typer.Option(None, help=r"HTTP port \[default: 8000]."),
     data_dir: Path | None = typer.Option(None, help="Where runs and models live."),
     token: str | None = typer.Option(
-        None, help="Token for management calls; required to bind beyond loopback."
+        None,
+        help=r"Token for management calls; required to bind beyond loopback \[env: EDGEWIRE_TOKEN].",
     ),
     legacy_bts0_port: int | None = typer.Option(
         None, help="Also accept the JettyLink BTS0 stream on this port (seed: 9000)."
@@ -27,7 +28,7 @@ def agent_command(
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
     ),
-    config: Path | None = typer.Option(None, help="TOML file with [agent] settings."),
+    config: Path | None = typer.Option(None, help=r"TOML file with \[agent] settings."),
 ) -> None:
     from edgewire.agent.server import Agent, run_agent
 

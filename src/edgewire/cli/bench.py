@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,13 @@ import typer
 from rich.table import Table
 
 from edgewire.cli.common import console, parse_address
-from edgewire.errors import ConfigError
+from edgewire.errors import ConfigError, ConnectError, DependencyMissing, RemoteError
+
+#: Error kinds from the load generator that mean the agent could not be reached or went away.
+_CONNECTION_KINDS = {
+    "OSError", "ConnectionRefusedError", "ConnectionResetError", "ConnectionAbortedError",
+    "BrokenPipeError", "TimeoutError", "IncompleteReadError", "gaierror",
+}  # fmt: skip
 
 
 def bench_command(
@@ -29,9 +38,11 @@ def bench_command(
         False, "--one-shot", help="One connection per request (the seed's stress pattern)."
     ),
     model: str = typer.Option("mnist", help="Model name (native and http)."),
-    processes: int = typer.Option(0, min=0, help="Client processes [default: one per core]."),
+    processes: int = typer.Option(
+        0, min=0, show_default=False, help=r"Client processes \[default: one per core]."
+    ),
     input_shape: str | None = typer.Option(
-        None, help="Request shape, e.g. 1,1,28,28 [default: asked from the agent]."
+        None, help=r"Request shape, e.g. 1,1,28,28 \[default: asked from the agent]."
     ),
     http_format: str = typer.Option("binary", help="HTTP bodies: binary, json, or litserve."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
@@ -46,6 +57,8 @@ def bench_command(
         raise ConfigError(f"--clients takes numbers separated by commas, got {clients!r}") from None
     if requests is None and duration is None:
         requests = 100
+    if plot is not None:
+        check_plot_path(plot)
     shape = _shape(input_shape) if input_shape else discover_shape(host, port, protocol, model)
     rows: list[dict[str, Any]] = []
     for level in levels:
@@ -56,17 +69,57 @@ def bench_command(
         )  # fmt: skip
         if not as_json:
             console.print(f"{protocol}: {level} clients ...", highlight=False)
-        rows.append(run_load(spec).summary())
+        rows.append(_finite(run_load(spec).summary()))
     if as_json:
-        print(json.dumps(rows))
+        print(json.dumps(rows, allow_nan=False))
     else:
         console.print(
             results_table(
                 rows, title=f"{protocol} on {host}:{port}" + (" (one-shot)" if one_shot else "")
             )
         )
-    if plot is not None:
+    if plot is not None and any(r["ok"] for r in rows):
         plot_latency(rows, plot, title=f"edgewire {protocol}" + (" one-shot" if one_shot else ""))
+    if not any(r["ok"] for r in rows) and any(r["errors"] for r in rows):
+        raise all_failed_error(rows, protocol=protocol, host=host, port=port)
+
+
+def check_plot_path(plot: Path) -> None:
+    """Refuse a --plot path that cannot be written, before the benchmark runs."""
+    folder = plot.parent if str(plot.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--plot: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--plot: folder {str(folder)!r} is not writable")
+    if plot.is_dir():
+        raise ConfigError(f"--plot: {str(plot)!r} is a folder; give a file name such as bench.png")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DependencyMissing("--plot needs matplotlib; install it with: pip install matplotlib")
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN figures (no request succeeded) as None, so that --json stays valid JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def all_failed_error(
+    failed: list[dict[str, Any]], *, protocol: str, host: str, port: int
+) -> ConnectError | RemoteError:
+    """The error for levels where every request failed: connection trouble, or the agent said no."""
+    kinds: dict[str, int] = {}
+    for r in failed:
+        for kind, n in (r.get("error_kinds") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    top = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
+    total = sum(r["errors"] for r in failed)
+    message = f"all {total:,} requests failed against {protocol} on {host}:{port}" + (
+        f" ({top})" if top else ""
+    )
+    if kinds and set(kinds) <= _CONNECTION_KINDS:
+        return ConnectError(
+            message + "; is the agent running and the address and --protocol right?"
+        )
+    return RemoteError(message + "; is the model served there (see `edgewire models`)?")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -112,10 +165,13 @@ def results_table(rows: list[dict[str, Any]], *, title: str) -> Table:
     for r in rows:
         table.add_row(
             str(r["clients"]), f"{r['ok']:,}", f"{r['errors']:,}", f"{r['rps']:,.0f}",
-            f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-            f"{r['max_ms']:.2f}" if r["max_ms"] is not None else "-",
+            *(_ms(r[key]) for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
         )  # fmt: skip
     return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
 def plot_latency(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
@@ -127,7 +183,8 @@ def plot_latency(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
     x = [r["clients"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
-        ax.plot(x, [r[key] for r in rows], marker="o", label=label)
+        y = [math.nan if r[key] is None else r[key] for r in rows]
+        ax.plot(x, y, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("latency (ms)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -13,9 +14,18 @@ import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from edgewire.cli.common import console, parse_address
-from edgewire.errors import AuthError, ConnectError, ModelError, RemoteError
+from edgewire.errors import (
+    AuthError,
+    ConnectError,
+    EdgewireError,
+    ModelError,
+    RemoteError,
+    error_for_code,
+)
+from edgewire.serve.store import check_alias, check_name
 
 CHUNK = 256 * 1024
 
@@ -29,7 +39,12 @@ def _check(response: httpx.Response, what: str) -> dict[str, Any]:
     if response.status_code in (401, 403):
         raise AuthError(f"{what}: {_message(response)} (pass --token or set EDGEWIRE_TOKEN)")
     if response.status_code >= 400:
-        raise RemoteError(f"{what}: {_message(response)} (HTTP {response.status_code})")
+        code = "internal"
+        with contextlib.suppress(ValueError, AttributeError):
+            code = str(response.json().get("code", "internal"))
+        raise RemoteError(
+            f"{what}: {_message(response)} (HTTP {response.status_code})", remote_code=code
+        )
     body: dict[str, Any] = response.json()
     return body
 
@@ -87,15 +102,17 @@ def deploy_command(
     ),
     name: str = typer.Option(..., "--name", help="Model name on the agents."),
     alias: str = typer.Option("production", "--alias", help="Alias that moves to the new version."),
-    token: str | None = typer.Option(None, help="Management token [env: EDGEWIRE_TOKEN]."),
+    token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
 ) -> None:
     """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias."""
+    check_name(name)
+    check_alias(alias)
     size = model.stat().st_size
     table = Table(title=f"deploy {model.name} as {name!r} ({alias})")
     for column in ("agent", "version", "sha256", "status"):
         table.add_column(column)
-    failures = 0
+    failures: list[EdgewireError] = []
     for target in [t.strip() for t in to.split(",") if t.strip()]:
         host, port = parse_address(target, default_port=8000)
         try:
@@ -114,18 +131,38 @@ def deploy_command(
                 )  # fmt: skip
             table.add_row(target, str(body["version"]), body["sha256"][:12], "[green]serving[/]")
         except (ConnectError, RemoteError, AuthError) as exc:
-            failures += 1
-            table.add_row(target, "-", "-", f"[red]{exc.message}[/]")
+            failures.append(exc)
+            table.add_row(target, "-", "-", Text(exc.message, style="red"))
     console.print(table)
     if failures:
-        raise ModelError(
-            f"{failures} agent(s) did not take the model; the ones listed as serving did"
-        )
+        raise deploy_failed(failures)
+
+
+def deploy_failed(failures: list[EdgewireError]) -> EdgewireError:
+    """One error for the agents that did not take the model.
+
+    When every failure has the same cause (all auth, all unreachable, ...), the error is of
+    that kind, so that the exit code says what to fix; the message carries the first reason.
+    """
+    first = failures[0]
+    summary = f"{len(failures)} agent(s) did not take the model; the ones listed as serving did"
+    kinds = {_kind(f) for f in failures}
+    if len(kinds) == 1:
+        return kinds.pop()(f"{summary}: {first.message}")
+    return ModelError(f"{summary}; first: {first.message}")
+
+
+def _kind(error: EdgewireError) -> type[EdgewireError]:
+    if isinstance(error, RemoteError):
+        return error_for_code(error.remote_code)  # the agent's reason: model, auth, ...
+    if isinstance(error, ConnectError):
+        return ConnectError  # a timeout and a refused connection both exit 7
+    return type(error)
 
 
 def models_command(
     to: str = typer.Option("127.0.0.1:8000", "--to", help="Agent HOST:HTTP_PORT."),
-    token: str | None = typer.Option(None, help="Management token [env: EDGEWIRE_TOKEN]."),
+    token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
 ) -> None:
     """List the models, versions and aliases of an agent."""
     host, port = parse_address(to, default_port=8000)

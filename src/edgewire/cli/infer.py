@@ -18,8 +18,7 @@ def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any
     """One file as one row of the model input: .npy as is, images resized and scaled."""
     shape = [d for d in info["shape"][1:]]
     if path.suffix == ".npy":
-        array: np.ndarray[Any, Any] = np.load(path, allow_pickle=False).astype(info["dtype"])
-        return array.reshape((1, *[d if d is not None else -1 for d in shape]))
+        return _load_npy(path, info)
     if None in shape:
         raise DataError(f"cannot turn an image into input shape {info['shape']}; pass a .npy file")
     flat = len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]
@@ -39,6 +38,32 @@ def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     row = (pixels * scale)[None].astype(info["dtype"])
     return row.reshape(1, -1) if flat else row
+
+
+def _load_npy(path: Path, info: dict[str, Any]) -> np.ndarray[Any, Any]:
+    """A .npy file as one row of the model input; anything unusable is a DataError."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        # ValueError: not a .npy file, a bad header, or an object array (pickled data).
+        raise DataError(f"cannot read {str(path)!r} as a .npy array: {exc}") from exc
+    if not isinstance(loaded, np.ndarray):
+        raise DataError(f"{str(path)!r} is not a .npy array (an .npz archive?)")
+    try:
+        array: np.ndarray[Any, Any] = loaded.astype(info["dtype"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{str(path)!r} holds {loaded.dtype} values that cannot become {info['dtype']}: {exc}"
+        ) from exc
+    wanted = (1, *[d if d is not None else -1 for d in info["shape"][1:]])
+    try:
+        return array.reshape(wanted)
+    except ValueError:
+        expected = "x".join("?" if d is None else str(d) for d in info["shape"])
+        raise DataError(
+            f"{str(path)!r} has shape {'x'.join(map(str, array.shape))} "
+            f"({array.size} values); the model takes {expected}"
+        ) from None
 
 
 def infer_command(

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from edgewire import __version__
 from edgewire.cli.agent import agent_command
@@ -17,7 +18,17 @@ from edgewire.cli.infer import infer_command
 from edgewire.cli.train import train_app
 from edgewire.errors import EXIT_CODES, EdgewireError
 
-_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+# One code a line (the texts themselves contain ";", so no run-on list).
+_EPILOG = "\n".join(
+    ["Exit codes:"] + [f"  {code:>3}  {text.rstrip('.')}" for code, text in EXIT_CODES.items()]
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgewire {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="edgewire",
@@ -39,11 +50,15 @@ app.add_typer(train_app, name="train", help="Train on a device over the network,
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        expose_value=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -54,7 +69,10 @@ def main() -> None:
     try:
         app()
     except EdgewireError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        # The message is plain text ("[Errno 111] ..." must not be read as markup).
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -9,11 +9,18 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edgewire.cli.common import console, parse_address, run
+from edgewire.cli.common import console, err_console, parse_address, run
 from edgewire.cli.progress import TrainDisplay
+from edgewire.errors import ConfigError, ConnectError, ProtocolError
 from edgewire.train.stream_client import spec_for
 
 train_app = typer.Typer(no_args_is_help=True)
+
+#: The models and optimizers an agent can train: the same lists as edgewire.train.models
+#: MODEL_NAMES and edgewire.train.trainer OPTIMIZERS (tests check), kept here so that
+#: streaming from a host without torch can check its flags before connecting.
+KNOWN_MODELS: tuple[str, ...] = ("mnist_cnn", "lenet5", "resnet_small")
+KNOWN_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 DATA_HELP = "mnist5k (5,000 real MNIST digits), digits (sklearn 8×8), or a PATH: IDX folder, .npz, image folder."
 
@@ -27,6 +34,23 @@ def load_splits(
     if val_fraction <= 0:
         return dataset, None
     return dataset.split(val_fraction=val_fraction, seed=seed)
+
+
+def check_choices(*, model: str, optimizer: str) -> None:
+    """Refuse an unknown --model or --optimizer here, before loading data or connecting."""
+    if model not in KNOWN_MODELS:
+        raise ConfigError(f"unknown --model {model!r}; choose one of: {', '.join(KNOWN_MODELS)}")
+    if optimizer not in KNOWN_OPTIMIZERS:
+        raise ConfigError(
+            f"unknown --optimizer {optimizer!r}; choose one of: {', '.join(KNOWN_OPTIMIZERS)}"
+        )
+
+
+def resume_hint(to: str, run_id: str) -> str:
+    return (
+        f"resume it with: edgewire train stream --to {to} --run-id {run_id} --resume "
+        "(and the same data and model flags)"
+    )
 
 
 @train_app.command("stream", help="Stream a data set to an agent that trains on-device.")
@@ -47,7 +71,7 @@ def stream_command(
     ),
     limit: int | None = typer.Option(None, min=1, help="Use only this many samples."),
     image_size: int | None = typer.Option(None, min=4, help="Resize folder images to this size."),
-    run_id: str | None = typer.Option(None, help="Name of the run [default: MODEL-DATA]."),
+    run_id: str | None = typer.Option(None, help=r"Name of the run \[default: MODEL-DATA]."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run from its last checkpoint."
     ),
@@ -59,6 +83,7 @@ def stream_command(
     from edgewire.train.stream_client import StreamOptions, plan_for, stream_training
 
     host, port = parse_address(to, default_port=7700)
+    check_choices(model=model, optimizer=optimizer)
     train, val = load_splits(
         data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed
     )
@@ -74,8 +99,22 @@ def stream_command(
     )
     plan = plan_for(train, val, options)
     total = epochs * (plan["train_batches"] + plan["val_batches"])
-    with TrainDisplay(console=console, total=total, as_json=as_json) as display:
-        summary = run(stream_training(host, port, train, val, options, on_event=display))
+    try:
+        with TrainDisplay(console=console, total=total, as_json=as_json) as display:
+            summary = run(stream_training(host, port, train, val, options, on_event=display))
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted; the agent keeps run {options.run_id!r} at its last checkpoint; "
+            + resume_hint(to, options.run_id),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    except (ProtocolError, ConnectError) as exc:
+        if isinstance(exc, ConnectError) and "closed the connection" not in exc.message:
+            raise  # could not connect at all: nothing to resume
+        raise type(exc)(f"{exc.message}; {resume_hint(to, options.run_id)}") from exc
     if not as_json:
         print_summary(summary, samples_per_s=display.samples_per_s, title=f"run {options.run_id}")
 
@@ -83,11 +122,11 @@ def stream_command(
 @train_app.command("run", help="Train here, in-process, and export ONNX.")
 def run_command(
     data: str = typer.Option("mnist5k", help=DATA_HELP),
-    model: str = typer.Option("mnist_cnn"),
+    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5 or resnet_small."),
     batch_size: int = typer.Option(32, min=1),
     epochs: int = typer.Option(1, min=1),
     lr: float = typer.Option(1e-3, min=0.0),
-    optimizer: str = typer.Option("adam"),
+    optimizer: str = typer.Option("adam", help="adam or sgd."),
     val_fraction: float = typer.Option(0.1, min=0.0, max=0.9),
     limit: int | None = typer.Option(None, min=1),
     image_size: int | None = typer.Option(None, min=4),
@@ -100,6 +139,7 @@ def run_command(
     from edgewire.train.local import train_local
     from edgewire.train.trainer import Trainer, TrainSpec
 
+    check_choices(model=model, optimizer=optimizer)
     train, val = load_splits(
         data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed
     )

@@ -509,9 +509,10 @@ def model_metadata(
     }
 
 
-def error_body(message: str) -> bytes:
-    """The protocol's error body, ``{"error": message}``."""
-    return json.dumps({"error": message}, separators=_COMPACT).encode()
+def error_body(message: str, code: str | None = None) -> bytes:
+    """The protocol's error body, ``{"error": message}``, plus edgewire's error ``code``."""
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return json.dumps(body, separators=_COMPACT).encode()
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -408,3 +408,21 @@ def test_an_unservable_model_is_not_kept_and_never_stops_the_agent(
         )
         served = {m["name"] for m in running.agent.serving.model_status()}
         assert served == {"mnist"}
+
+
+def test_python_client_queues_requests_past_the_agents_in_flight_limit(
+    agent: RunningAgent, models: dict[str, Any]
+) -> None:
+    assert upload(agent, models["good"]).status_code == 201
+    x = np.random.default_rng(3).random((200, 784), dtype=np.float32)
+
+    async def burst() -> list[np.ndarray]:
+        async with await Client.connect("127.0.0.1", agent.native) as client:
+            answers = await asyncio.gather(
+                *(client.infer("mnist", [x[i : i + 1]]) for i in range(len(x)))
+            )
+        return [a.outputs["output_0"][0] for a in answers]
+
+    # 200 at once on one connection: the agent takes 64 in flight, the client waits for room.
+    got = np.stack(asyncio.run(burst()))
+    np.testing.assert_allclose(got, softmax(x @ models["w"].T + models["b"]), atol=1e-5)

@@ -37,18 +37,31 @@ class InferResponse:
     batch_size: int
 
 
+#: Requests one connection has in flight at once; the agent's default limit
+#: (``max_inflight_per_connection``). More wait here instead of breaking the link.
+MAX_IN_FLIGHT = 64
+
+
 class Client:
-    def __init__(self, stream: FramedStream, *, timeout: float = 30.0) -> None:
+    """A pipelined native-protocol client: many requests in flight on one connection."""
+
+    def __init__(
+        self, stream: FramedStream, *, timeout: float = 30.0, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self._stream = stream
         self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[MsgType, dict[str, Any], list[Any]]]] = {}
         self._reader = asyncio.create_task(self._read_loop())
         self._closed = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 30.0) -> Client:
-        return cls(await open_framed(host, port, timeout=timeout), timeout=timeout)
+    async def connect(
+        cls, host: str, port: int, *, timeout: float = 30.0, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> Client:
+        stream = await open_framed(host, port, timeout=timeout)
+        return cls(stream, timeout=timeout, max_in_flight=max_in_flight)
 
     async def __aenter__(self) -> Client:
         return self
@@ -89,6 +102,12 @@ class Client:
 
     async def request(
         self, msg_type: MsgType, meta: dict[str, Any], tensors: Sequence[npt.NDArray[Any]] = ()
+    ) -> tuple[MsgType, dict[str, Any], list[npt.NDArray[Any]]]:
+        async with self._slots:
+            return await self._request(msg_type, meta, tensors)
+
+    async def _request(
+        self, msg_type: MsgType, meta: dict[str, Any], tensors: Sequence[npt.NDArray[Any]]
     ) -> tuple[MsgType, dict[str, Any], list[npt.NDArray[Any]]]:
         if self._closed or self._reader.done():
             raise ConnectError("the connection is closed")

@@ -305,3 +305,18 @@ def test_agent_closing_mid_run_says_how_to_resume(
     assert code == 5
     assert len(error_lines(err)) == 1
     assert "before the run summary" in err and "--resume" in err
+
+
+def test_a_resume_with_nothing_to_resume_is_said() -> None:
+    from rich.console import Console
+
+    from edgewire.cli.progress import TrainDisplay
+
+    console = Console(record=True, width=200)
+    with TrainDisplay(console=console, total=4, resume=True) as display:
+        display("ready", {"run_id": "typo", "resumed": False, "next_seq": 0, "device": "cpu"})
+    assert "no run 'typo' to resume" in console.export_text()
+    console = Console(record=True, width=200)
+    with TrainDisplay(console=console, total=4, resume=True) as display:
+        display("ready", {"run_id": "r", "resumed": True, "next_seq": 2, "device": "cpu"})
+    assert "resuming run 'r' at batch 2" in console.export_text()

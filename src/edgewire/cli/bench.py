@@ -94,7 +94,9 @@ def check_plot_path(plot: Path) -> None:
     if plot.is_dir():
         raise ConfigError(f"--plot: {str(plot)!r} is a folder; give a file name such as bench.png")
     if importlib.util.find_spec("matplotlib") is None:
-        raise DependencyMissing("--plot needs matplotlib; install it with: pip install 'edgewire[plot]'")
+        raise DependencyMissing(
+            "--plot needs matplotlib; install it with: pip install 'edgewire[plot]'"
+        )
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:

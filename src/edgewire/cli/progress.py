@@ -19,9 +19,12 @@ def _pct(value: float) -> str:
 class TrainDisplay:
     """Takes the (kind, data) events of a run and shows them."""
 
-    def __init__(self, *, console: Console, total: int, as_json: bool = False) -> None:
+    def __init__(
+        self, *, console: Console, total: int, as_json: bool = False, resume: bool = False
+    ) -> None:
         self.console = console
         self.as_json = as_json
+        self.resume = resume  # asked to resume: say so when there was nothing to resume
         self.total = total
         self.samples = 0
         self.started = time.perf_counter()
@@ -65,6 +68,12 @@ class TrainDisplay:
             if data.get("resumed") and not self.as_json:
                 self.console.print(
                     f"resuming run {data['run_id']!r} at batch {done} (device: {data['device']})"
+                )
+            elif self.resume and not self.as_json:
+                self.console.print(
+                    f"[yellow]the agent has no run {data.get('run_id')!r} to resume "
+                    "(check --run-id): starting it from the first batch[/]",
+                    highlight=False,
                 )
         elif kind == "feedback":
             if data.get("split") == "train" and not data.get("duplicate"):

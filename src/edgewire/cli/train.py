@@ -100,7 +100,7 @@ def stream_command(
     plan = plan_for(train, val, options)
     total = epochs * (plan["train_batches"] + plan["val_batches"])
     try:
-        with TrainDisplay(console=console, total=total, as_json=as_json) as display:
+        with TrainDisplay(console=console, total=total, as_json=as_json, resume=resume) as display:
             summary = run(stream_training(host, port, train, val, options, on_event=display))
     except KeyboardInterrupt:
         err_console.print(

@@ -57,6 +57,16 @@ def upload(agent: RunningAgent, path: Path, name: str = "mnist", **params: str) 
     )
 
 
+def ask_native(port: int, x: np.ndarray, model: str = "mnist") -> np.ndarray:
+    """One native inference on a fresh connection: the model's ``output_0``."""
+
+    async def go() -> np.ndarray:
+        async with await Client.connect("127.0.0.1", port) as client:
+            return (await client.infer(model, [x])).outputs["output_0"]
+
+    return asyncio.run(go())
+
+
 def mnistprot_once(port: int, digit: np.ndarray) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(encode_request(digit))
@@ -154,13 +164,8 @@ def test_bad_upload_leaves_old_model_serving(agent: RunningAgent, models: dict[s
     )
     assert garbage.status_code in (400, 422)
     x = np.ones((1, 784), np.float32)
-
-    async def ask() -> np.ndarray:
-        async with await Client.connect("127.0.0.1", agent.native) as client:
-            return (await client.infer("mnist", [x])).outputs["output_0"]
-
     np.testing.assert_allclose(
-        asyncio.run(ask()), softmax(x @ models["w"].T + models["b"]), atol=1e-5
+        ask_native(agent.native, x), softmax(x @ models["w"].T + models["b"]), atol=1e-5
     )
     listing = httpx.get(f"http://127.0.0.1:{agent.http}/api/models").json()["models"][0]
     assert listing["aliases"]["production"] == 1 and listing["serving"]["version"] == 1
@@ -171,17 +176,12 @@ def test_activate_rollback_and_delete(agent: RunningAgent, models: dict[str, Any
     assert upload(agent, models["good"]).json()["version"] == 1
     assert upload(agent, models["other"]).json()["version"] == 2
     x = np.ones((1, 784), np.float32)
-
-    async def ask() -> np.ndarray:
-        async with await Client.connect("127.0.0.1", agent.native) as client:
-            return (await client.infer("mnist", [x])).outputs["output_0"]
-
     np.testing.assert_allclose(
-        asyncio.run(ask()), softmax(x @ models["w2"].T + models["b2"]), atol=1e-5
+        ask_native(agent.native, x), softmax(x @ models["w2"].T + models["b2"]), atol=1e-5
     )
     assert httpx.post(f"{base}/rollback", json={}).json()["version"] == 1
     np.testing.assert_allclose(
-        asyncio.run(ask()), softmax(x @ models["w"].T + models["b"]), atol=1e-5
+        ask_native(agent.native, x), softmax(x @ models["w"].T + models["b"]), atol=1e-5
     )
     assert httpx.delete(f"{base}/versions/1").status_code >= 400  # production points at it
     assert httpx.delete(f"{base}/versions/2").status_code == 200
@@ -361,19 +361,18 @@ def test_flat_rows_fit_an_image_model_and_oversized_batches_are_refused_early(
     with agent_in_thread(tmp_path / "agent", max_batch_size=4) as running:
         assert upload(running, image).status_code == 201
 
-        async def ask(x: np.ndarray) -> np.ndarray:
-            async with await Client.connect("127.0.0.1", running.native) as client:
-                return (await client.infer("mnist", [x])).outputs["output_0"]
+        def ask(x: np.ndarray) -> np.ndarray:
+            return ask_native(running.native, x)
 
         flat = np.random.default_rng(0).random((3, 784), dtype=np.float32)
         # What the C and MicroPython clients send: flat rows of 784 values.
-        np.testing.assert_allclose(asyncio.run(ask(flat)), softmax(flat @ w.T + b), atol=1e-5)
-        shaped = asyncio.run(ask(flat.reshape(3, 1, 28, 28)))
+        np.testing.assert_allclose(ask(flat), softmax(flat @ w.T + b), atol=1e-5)
+        shaped = ask(flat.reshape(3, 1, 28, 28))
         np.testing.assert_allclose(shaped, softmax(flat @ w.T + b), atol=1e-5)
         with pytest.raises(RemoteError, match=r"must have shape \[N, 1, 28, 28\], got \[1, 783\]"):
-            asyncio.run(ask(flat[:1, :783]))
+            ask(flat[:1, :783])
         with pytest.raises(RemoteError, match="5 rows is over the maximum of 4"):
-            asyncio.run(ask(np.zeros((5, 784), np.float32)))
+            ask(np.zeros((5, 784), np.float32))
 
 
 def test_an_unservable_model_is_not_kept_and_never_stops_the_agent(
@@ -398,13 +397,8 @@ def test_an_unservable_model_is_not_kept_and_never_stops_the_agent(
     # On restart the agent meets the unservable model, logs it and serves the rest.
     with agent_in_thread(tmp_path / "agent") as running:
         x = np.ones((1, 784), np.float32)
-
-        async def ask() -> np.ndarray:
-            async with await Client.connect("127.0.0.1", running.native) as client:
-                return (await client.infer("mnist", [x])).outputs["output_0"]
-
         np.testing.assert_allclose(
-            asyncio.run(ask()), softmax(x @ models["w"].T + models["b"]), atol=1e-5
+            ask_native(running.native, x), softmax(x @ models["w"].T + models["b"]), atol=1e-5
         )
         served = {m["name"] for m in running.agent.serving.model_status()}
         assert served == {"mnist"}

@@ -54,6 +54,9 @@ class Serving:
         self.host = ModelHost(self.runtime)
         # One thread runs the models: ONNX Runtime parallelises inside a call.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-infer")
+        # Loading and warming up a model (a TensorRT engine build can take minutes)
+        # runs beside the serving thread, so the old version answers meanwhile.
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="edgewire-load")
         self._batchers: dict[str, Batcher] = {}
         self._lock = asyncio.Lock()
 
@@ -72,12 +75,13 @@ class Serving:
         for batcher in self._batchers.values():
             await batcher.stop(drain_timeout=self.config.drain_timeout)
         self.executor.shutdown(wait=True)
+        self.loader.shutdown(wait=True)
 
     async def activate(self, name: str, ref: str | int | None = None) -> ModelVersion:
         """Load ``name`` at ``ref`` (alias or version) and serve it; the old one serves until then."""
         async with self._lock:
             version = await asyncio.to_thread(self.store.resolve, name, ref)
-            loaded = await self.host.activate(version, executor=self.executor)
+            loaded = await self.host.activate(version, executor=self.loader)
             batcher = self._batchers.get(name)
             if batcher is None:
                 policy = self.policy

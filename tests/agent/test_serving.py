@@ -420,3 +420,28 @@ def test_python_client_queues_requests_past_the_agents_in_flight_limit(
     # 200 at once on one connection: the agent takes 64 in flight, the client waits for room.
     got = np.stack(asyncio.run(burst()))
     np.testing.assert_allclose(got, softmax(x @ models["w"].T + models["b"]), atol=1e-5)
+
+
+def test_a_big_json_inference_body_is_parsed_and_answered(
+    agent: RunningAgent, models: dict[str, Any]
+) -> None:
+    from edgewire.agent.http import PARSE_INLINE_BYTES
+
+    assert upload(agent, models["good"]).status_code == 201
+    x = np.random.default_rng(5).random((32, 784), dtype=np.float32)
+    body = {
+        "inputs": [
+            {"name": "input_0", "shape": [32, 784], "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    content = httpx.Request("POST", "http://x", json=body).read()
+    assert len(content) > PARSE_INLINE_BYTES  # the path that parses in a thread
+    response = httpx.post(
+        f"http://127.0.0.1:{agent.http}/v2/models/mnist/infer",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(32, 10)
+    np.testing.assert_allclose(got, softmax(x @ models["w"].T + models["b"]), atol=1e-5)

@@ -8,6 +8,7 @@ hands it to the sans-IO KServe codec, and answers through the shared batcher.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ STATUS = {
     AuthError.code: 401,
 }
 BODY_CHUNK_TIMEOUT = 10.0
+#: Inference bodies up to this size are parsed on the event loop; bigger ones in a thread.
+PARSE_INLINE_BYTES = 256 * 1024
 
 
 def error_response(exc: EdgewireError, *, status: int | None = None) -> Response:
@@ -181,7 +184,8 @@ def create_app(agent: Agent) -> FastAPI:
                 total=agent.config.frame_timeout,  # as one native frame: first byte to last
             )
             header_length = request.headers.get("inference-header-content-length")
-            parsed = kserve.parse_infer_request(
+            parse = functools.partial(
+                kserve.parse_infer_request,
                 body,
                 header_length=int(header_length)
                 if header_length and header_length.isascii() and header_length.isdigit()
@@ -189,6 +193,8 @@ def create_app(agent: Agent) -> FastAPI:
                 inputs=[_spec(t) for t in loaded.inputs],
                 max_body=agent.config.max_request_bytes,
             )
+            # A big JSON body takes a while to parse: off the loop, so others are served.
+            parsed = await asyncio.to_thread(parse) if len(body) > PARSE_INLINE_BYTES else parse()
             served = await serving.infer(name, parsed.inputs)
             outputs = served.result.outputs
             if parsed.outputs is not None:

@@ -267,15 +267,6 @@ def test_train_stream_checks_model_and_optimizer_before_connecting(
     assert len(error_lines(err)) == 1 and value in err
 
 
-def test_known_models_and_optimizers_match_the_trainer() -> None:
-    pytest.importorskip("torch")
-    from edgewire.train.models import MODEL_NAMES
-    from edgewire.train.trainer import OPTIMIZERS
-
-    assert train_cli.KNOWN_MODELS == MODEL_NAMES
-    assert train_cli.KNOWN_OPTIMIZERS == OPTIMIZERS
-
-
 def test_ctrl_c_during_train_stream_says_how_to_resume(
     edgewire: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,13 +31,12 @@ from edgewire.errors import (
     ModelError,
     ProtocolError,
 )
-from edgewire.serve.store import check_alias, check_name
+from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 
 if TYPE_CHECKING:
     from edgewire.agent.server import Agent
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-DEFAULT_ALIAS = "production"
 UPLOADS = "uploads"
 
 

@@ -12,15 +12,10 @@ from rich.table import Table
 from edgewire.cli.common import console, err_console, parse_address, run
 from edgewire.cli.progress import TrainDisplay
 from edgewire.errors import ConfigError, ConnectError, ProtocolError
+from edgewire.train.choices import MODEL_NAMES, OPTIMIZERS
 from edgewire.train.stream_client import spec_for
 
 train_app = typer.Typer(no_args_is_help=True)
-
-#: The models and optimizers an agent can train: the same lists as edgewire.train.models
-#: MODEL_NAMES and edgewire.train.trainer OPTIMIZERS (tests check), kept here so that
-#: streaming from a host without torch can check its flags before connecting.
-KNOWN_MODELS: tuple[str, ...] = ("mnist_cnn", "lenet5", "resnet_small")
-KNOWN_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 DATA_HELP = "mnist5k (5,000 real MNIST digits), digits (sklearn 8×8), or a PATH: IDX folder, .npz, image folder."
 
@@ -38,11 +33,11 @@ def load_splits(
 
 def check_choices(*, model: str, optimizer: str) -> None:
     """Refuse an unknown --model or --optimizer here, before loading data or connecting."""
-    if model not in KNOWN_MODELS:
-        raise ConfigError(f"unknown --model {model!r}; choose one of: {', '.join(KNOWN_MODELS)}")
-    if optimizer not in KNOWN_OPTIMIZERS:
+    if model not in MODEL_NAMES:
+        raise ConfigError(f"unknown --model {model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    if optimizer not in OPTIMIZERS:
         raise ConfigError(
-            f"unknown --optimizer {optimizer!r}; choose one of: {', '.join(KNOWN_OPTIMIZERS)}"
+            f"unknown --optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
         )
 
 

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from edgewire.errors import ConfigError
-
-MODEL_NAMES: tuple[str, ...] = ("mnist_cnn", "lenet5", "resnet_small")
+from edgewire.train.choices import MODEL_NAMES
 
 #: Largest first fc layer a model may have (float32: 4 bytes each, Adam adds 3×).
 MAX_PARAMETERS = 64_000_000

@@ -30,9 +30,8 @@ from torch import nn
 
 from edgewire import fsutil
 from edgewire.errors import ConfigError, DataError, ModelError, TrainError
-from edgewire.train.models import MODEL_NAMES, build_model
-
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+from edgewire.train.choices import MODEL_NAMES, OPTIMIZERS
+from edgewire.train.models import build_model
 
 #: Samples per forward pass in ``evaluate``/``predict``, to bound peak memory.
 EVAL_CHUNK = 512

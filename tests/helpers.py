@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from edgewire.agent.server import Agent
 from edgewire.config import AgentConfig
@@ -67,3 +70,21 @@ def agent_in_thread(data_dir: Path, **overrides: Any) -> Iterator[RunningAgent]:
         running.loop.call_soon_threadsafe(running.agent.request_stop)
         thread.join(30)
         assert not thread.is_alive(), "agent did not stop"
+
+
+def upload(agent: RunningAgent, path: Path, name: str = "mnist", **params: str) -> httpx.Response:
+    """PUT a model file to the agent's management API, with its sha256 and file name."""
+    data = path.read_bytes()
+    params = {"sha256": hashlib.sha256(data).hexdigest(), "filename": path.name, **params}
+    return httpx.put(
+        f"http://127.0.0.1:{agent.http}/api/models/{name}", params=params, content=data, timeout=60
+    )
+
+
+@contextmanager
+def serving_agent(data_dir: Path, **overrides: Any) -> Iterator[RunningAgent]:
+    """An agent with the MnistProt port open and a short batching delay, as serving tests use."""
+    with agent_in_thread(
+        data_dir, legacy_ports={"mnistprot": 0}, max_queue_delay_ms=1.0, **overrides
+    ) as running:
+        yield running

@@ -14,14 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from edgewire.bench.linkemu import (
-    LinkEmulator,
-    LinkEmulatorThread,
-    LinkSpec,
-    check_link,
-    measure_link,
-    serve_link_check,
-)
+from edgewire.bench.linkcheck import check_link, measure_link, serve_link_check
+from edgewire.bench.linkemu import LinkEmulator, LinkEmulatorThread, LinkSpec
 from edgewire.errors import ConfigError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -359,8 +353,10 @@ def test_linkspec() -> None:
             LinkSpec(**bad)  # type: ignore[arg-type]
 
 
-def test_emulator_binds_loopback_only() -> None:
+async def test_emulator_and_check_server_bind_loopback_only() -> None:
     with pytest.raises(ConfigError, match="loopback"):
         LinkEmulator(upstream=("127.0.0.1", 1), spec=FAST, host="0.0.0.0")
+    with pytest.raises(ConfigError, match="link check server binds loopback only"):
+        await serve_link_check("0.0.0.0")
     with pytest.raises(ConfigError, match="start"):
         _ = LinkEmulator(upstream=("127.0.0.1", 1), spec=FAST).port

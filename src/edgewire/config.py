@@ -1,18 +1,47 @@
 """Configuration as small typed objects, read from a TOML file, the environment
-(``EDGEWIRE_*``) and flags; later sources win: file < env < flags."""
+(``EDGEWIRE_*``) and flags; later sources win: defaults < file < env < flags.
+
+Every value is coerced by the type its field declares (``int``, ``float``,
+``bool``, ``Path``, ``str``, ``X | None``, ``Mapping[str, X]``), so that
+``EDGEWIRE_X=false`` is False and ``EDGEWIRE_PORT=7e3`` is refused, and a bad
+value is one line that names the setting, where it came from and the value.
+
+The opt-in protocol ports are one mapping, ``legacy_ports`` (name -> port). Each
+source may also give them one by one as ``legacy_<name>_port``, the keys that
+:data:`edgewire.ports.PORTS` defines: a later source adds or replaces single
+ports there, it does not close the ports an earlier one opened.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import math
 import os
+import re
 import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgewire.errors import ConfigError
+from edgewire.ports import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_NATIVE_PORT,
+    PORTS,
+    port_spec,
+    spec_for_key,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ENV_PREFIX = "EDGEWIRE_"
+
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def default_data_dir() -> Path:
@@ -20,22 +49,41 @@ def default_data_dir() -> Path:
     return Path(base) / "edgewire"
 
 
+# A field's ``metadata["expect"]``: what a valid value is, in words, and the test.
+Expect = tuple[str, Callable[[Any], bool]]
+
+
+def _expect(words: str, ok: Callable[[Any], bool]) -> dict[str, Expect]:
+    return {"expect": (words, ok)}
+
+
+def _is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+
+
+_TCP_PORT = "a TCP port (0-65535)"
+_PORT = _expect(_TCP_PORT, _is_port)
+_POSITIVE = _expect("a positive number", lambda value: value > 0)
+_AT_LEAST_1 = _expect("at least 1", lambda value: value >= 1)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     host: str = "127.0.0.1"
-    port: int = 7700
-    http_port: int = 8000
+    port: int = dataclasses.field(default=DEFAULT_NATIVE_PORT, metadata=_PORT)
+    http_port: int = dataclasses.field(default=DEFAULT_HTTP_PORT, metadata=_PORT)
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
-    token: str | None = None
-    legacy_bts0_port: int | None = None
-    legacy_mnistprot_port: int | None = None
+    # Never in a repr or an error message.
+    token: str | None = dataclasses.field(default=None, repr=False, metadata={"secret": True})
+    #: The opt-in protocol ports to open, by name in :data:`edgewire.ports.PORTS` (0: any free one).
+    legacy_ports: Mapping[str, int] = dataclasses.field(default_factory=dict)
     legacy_mnistprot_model: str | None = None
     #: The model a BTS0 connection trains (the seed's tester used an MNIST CNN).
     bts0_model: str = "mnist_cnn"
     #: Seconds a connection may stay silent between frames.
-    idle_timeout: float = 300.0
+    idle_timeout: float = dataclasses.field(default=300.0, metadata=_POSITIVE)
     #: Seconds a frame may take from its first byte to its last.
-    frame_timeout: float = 30.0
+    frame_timeout: float = dataclasses.field(default=30.0, metadata=_POSITIVE)
     #: Largest frame payload accepted (bytes).
     max_frame_bytes: int = 64 * 1024 * 1024
     #: Bytes all native connections together may hold in frames still arriving.
@@ -45,9 +93,11 @@ class AgentConfig:
     #: Most simultaneous connections per listening port.
     max_connections: int = 20_000
     #: Seconds SIGTERM waits for in-flight work before closing connections.
-    drain_timeout: float = 10.0
+    drain_timeout: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
     #: Rows per model call when batching requests together.
     max_batch_size: int = 32
+    #: Rows one inference request may carry; more than max_batch_size are split into batches.
+    max_request_rows: int = dataclasses.field(default=4096, metadata=_AT_LEAST_1)
     #: How long the first request of a batch may wait for company (ms).
     max_queue_delay_ms: float = 2.0
     #: Requests waiting per model; beyond this clients get a fast "busy".
@@ -59,18 +109,23 @@ class AgentConfig:
     #: Largest HTTP inference request body (bytes).
     max_request_bytes: int = 16 * 1024 * 1024
     #: Seconds an HTTP body may pause between chunks (slow senders are cut off).
-    body_timeout: float = 10.0
+    body_timeout: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
     #: Requests one native connection may have in flight.
     max_inflight_per_connection: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("port", "http_port", "legacy_bts0_port", "legacy_mnistprot_port"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 65535:
-                raise ConfigError(f"{name} must be a TCP port (0-65535), got {value!r}")
-        for name in ("idle_timeout", "frame_timeout", "drain_timeout", "body_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            problem = _problem(field, value)
+            if problem is not None:
+                raise ConfigError(f"{field.name} must be {problem}, got {_shown(field, value)}")
+        ports = dict(self.legacy_ports)
+        for name, port in ports.items():
+            problem = _port_problem(name, port)
+            if problem is not None:
+                raise ConfigError(f"legacy_ports: {problem}")
+        # Frozen all the way down: the mapping cannot change under a running agent.
+        object.__setattr__(self, "legacy_ports", types.MappingProxyType(ports))
         if self.max_buffered_bytes < self.max_frame_bytes:
             raise ConfigError(
                 f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
@@ -78,6 +133,11 @@ class AgentConfig:
             )
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
+
+    def port_of(self, name: str) -> int | None:
+        """The port to open for protocol ``name`` (``ports.PORTS``), or None: not opened."""
+        port_spec(name)  # KeyError: an unknown name is a bug in the caller, not a closed port
+        return self.legacy_ports.get(name)
 
     @property
     def loopback_only(self) -> bool:
@@ -92,6 +152,14 @@ class AgentConfig:
             )
 
 
+def field_default(cls: type[DataclassInstance], name: str) -> Any:
+    """The default of field ``name`` of ``cls`` (for CLI help, without building a config)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -101,45 +169,228 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _problem(field: dataclasses.Field[Any], value: Any) -> str | None:
+    """What ``value`` should be, in words, if the field's own check refuses it."""
+    expect: Expect | None = field.metadata.get("expect")
+    if expect is None or value is None or expect[1](value):
+        return None
+    return expect[0]
+
+
+def _port_problem(name: Any, port: Any) -> str | None:
+    if not _known_port(name):
+        return _unknown_port(name)
+    if not _is_port(port):
+        return f"port {name!r} must be {_TCP_PORT}, got {port!r}"
+    return None
+
+
+def _known_port(name: Any) -> bool:
+    return any(spec.name == name for spec in PORTS)
+
+
+def _unknown_port(name: Any) -> str:
+    return f"unknown port {name!r}; known: {', '.join(spec.name for spec in PORTS)}"
+
+
+def _shown(field: dataclasses.Field[Any], value: Any) -> str:
+    return "<hidden>" if field.metadata.get("secret") else repr(value)
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
 def load_config(
-    cls: type[AgentConfig],
+    cls: type[C],
     *,
-    flags: dict[str, Any],
+    flags: Mapping[str, Any],
     config_file: Path | None = None,
-    environ: dict[str, str] | None = None,
-) -> AgentConfig:
-    """Merge file < env < flags (flags whose value is None are 'not given')."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
+    environ: Mapping[str, str] | None = None,
+) -> C:
+    """Merge defaults < file < env < flags into a ``cls``.
+
+    Keys are field names, or ``legacy_<name>_port`` when ``cls`` has ``legacy_ports``;
+    flags whose value is None are 'not given', and so are empty env variables.
+    """
+    loader = _Loader(cls)
     if config_file is not None:
-        try:
-            raw = tomllib.loads(config_file.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {str(config_file)!r}: {exc}") from exc
-        section = raw.get("agent", raw)
-        for key, value in section.items():
-            name = key.replace("-", "_")
-            if name not in fields:
-                raise ConfigError(f"unknown setting {key!r} in {str(config_file)!r}")
-            values[name] = value
+        where = f"file {str(config_file)!r}"
+        for key, value in _read_toml(config_file).items():
+            loader.put(key.replace("-", "_"), value, where, key=key)
     env = os.environ if environ is None else environ
-    for name in fields:
-        raw_env = env.get(ENV_PREFIX + name.upper())
-        if raw_env is not None and raw_env != "":
-            values[name] = raw_env
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return cls(**{name: _coerce(name, fields[name].type, v) for name, v in values.items()})
+    for name in loader.names():
+        variable = ENV_PREFIX + name.upper()
+        raw = env.get(variable)
+        if raw is not None and raw != "":
+            loader.put(name, raw, f"env {variable}")
+    for name, value in flags.items():
+        if value is not None:
+            loader.put(name, value, f"flag --{name.replace('_', '-')}")
+    return cls(**loader.values)
 
 
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    kind = str(annotation)
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        if "Path" in kind:
-            return Path(value).expanduser()
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} has a bad value {value!r}: {exc}") from exc
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    section = raw.get("agent", raw)
+    if not isinstance(section, dict):
+        raise ConfigError(f"[agent] in {str(path)!r} must be a table, got {section!r}")
+    return section
+
+
+class _Loader:
+    """The values given so far for one config class, coerced and checked as they come."""
+
+    def __init__(self, cls: type[DataclassInstance]) -> None:
+        self._fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        self._hints = typing.get_type_hints(cls)
+        self._ports = "legacy_ports" in self._fields
+        self.values: dict[str, Any] = {}
+
+    def names(self) -> list[str]:
+        """Every key a source may give: the fields, then the ports one by one."""
+        return [*self._fields, *(spec.config_key for spec in PORTS if self._ports)]
+
+    def put(self, name: str, raw: Any, source: str, *, key: str | None = None) -> None:
+        spec = spec_for_key(name) if self._ports else None
+        if spec is not None:
+            port = _coerced(name, int, raw, source, secret=False)
+            if not _is_port(port):
+                raise _bad(name, source, repr(raw), _TCP_PORT)
+            self._merge("legacy_ports", {spec.name: port})
+            return
+        field = self._fields.get(name)
+        if field is None:
+            close = difflib.get_close_matches(name, self.names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown setting {key or name!r} in {source}{hint}")
+        secret = bool(field.metadata.get("secret"))
+        value = _coerced(name, self._hints[name], raw, source, secret=secret)
+        problem = _problem(field, value)
+        if problem is not None:
+            raise _bad(name, source, _shown(field, raw), problem)
+        if self._ports and name == "legacy_ports":
+            for port_name, port in value.items():
+                if not _known_port(port_name):
+                    raise ConfigError(f"bad legacy_ports from {source}: {_unknown_port(port_name)}")
+                if not _is_port(port):
+                    raise _bad(f"legacy_ports[{port_name!r}]", source, repr(port), _TCP_PORT)
+        if isinstance(value, dict):
+            self._merge(name, value)
+        else:
+            self.values[name] = value
+
+    def _merge(self, name: str, mapping: dict[str, Any]) -> None:
+        """A later source adds to (or replaces entries of) a mapping, not all of it."""
+        self.values[name] = {**self.values.get(name, {}), **mapping}
+
+
+def _coerced(name: str, hint: Any, raw: Any, source: str, *, secret: bool) -> Any:
+    try:
+        return coerce(hint, raw)
+    except _BadValue as exc:
+        raise _bad(
+            name + exc.at, source, "<hidden>" if secret else repr(exc.value), exc.expected
+        ) from None
+
+
+def _bad(name: str, source: str, shown: str, expected: str) -> ConfigError:
+    return ConfigError(f"bad {name} from {source}: {shown} is not {expected}")
+
+
+# --- coercion by declared type ---------------------------------------------------------------
+
+
+class _BadValue(Exception):
+    def __init__(self, value: Any, expected: str, at: str = "") -> None:
+        super().__init__(expected)
+        self.value, self.expected, self.at = value, expected, at
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# ASCII only: int() and float() also take "1_000", " 7 " and non-ASCII digits.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def coerce(hint: Any, raw: Any) -> Any:
+    """``raw`` (a string from env or a flag, or a TOML value) as type ``hint``.
+
+    Supported: bool, int, float (finite), Path (``~`` expanded), str, ``X | None``
+    and ``Mapping[str, X]`` (a TOML table, or ``name=value,name=value`` as text).
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None:
+            return None
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"config fields take one type or that type | None, not {hint!r}")
+        return coerce(args[0], raw)
+    if origin in (Mapping, dict):
+        key_type, value_type = typing.get_args(hint)
+        mapping: dict[Any, Any] = {}
+        for key, value in _items(raw):
+            try:
+                mapping[coerce(key_type, key)] = coerce(value_type, value)
+            except _BadValue as exc:
+                raise _BadValue(exc.value, exc.expected, f"[{key!r}]") from None
+        return mapping
+    if hint is bool:
+        return _bool(raw)
+    if hint is int:
+        return _int(raw)
+    if hint is float:
+        return _float(raw)
+    if hint is Path:
+        if isinstance(raw, str | os.PathLike) and str(raw):
+            return Path(raw).expanduser()
+        raise _BadValue(raw, "a path")
+    if hint is str:
+        if isinstance(raw, str):
+            return raw
+        raise _BadValue(raw, "a string")
+    raise TypeError(f"no coercion to {hint!r} for config fields")
+
+
+def _items(raw: Any) -> list[tuple[Any, Any]]:
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    if isinstance(raw, str):
+        items = []
+        for pair in raw.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise _BadValue(raw, "a table (name=value,name=value as text)")
+            items.append((key.strip(), value.strip()))
+        return items
+    raise _BadValue(raw, "a table (name=value,name=value as text)")
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+        return raw.lower() in _TRUE
+    raise _BadValue(raw, "a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and _INT.fullmatch(raw):
+        return int(raw)
+    raise _BadValue(raw, "an integer")
+
+
+def _float(raw: Any) -> float:
+    number = isinstance(raw, int | float) and not isinstance(raw, bool)
+    if not (number or (isinstance(raw, str) and _FLOAT.fullmatch(raw))):
+        raise _BadValue(raw, "a finite number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise _BadValue(raw, "a finite number")
     return value

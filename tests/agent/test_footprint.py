@@ -18,7 +18,7 @@ from edgewire.client.native import Client
 from edgewire.config import AgentConfig
 
 async def main():
-    agent = Agent(AgentConfig(port=0, http_port=0, legacy_mnistprot_port=0, data_dir=Path(sys.argv[1])))
+    agent = Agent(AgentConfig(port=0, http_port=0, legacy_ports={"mnistprot": 0}, data_dir=Path(sys.argv[1])))
     await agent.start()
     async with await Client.connect("127.0.0.1", agent.ports["native"]) as client:
         answer = await client.infer("mnist", [np.zeros((1, 784), np.float32)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from edgewire.wire.mnistprot import (
     encode_request,
     encode_response,
 )
-from tests.helpers import RunningAgent, agent_in_thread
+from tests.helpers import RunningAgent, agent_in_thread, serving_agent, upload
 from tests.serve.models import broken_model, huge_input_model, image_model, linear_model
 
 
@@ -43,18 +42,8 @@ def models(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def agent(tmp_path: Path):
-    with agent_in_thread(
-        tmp_path / "agent", legacy_mnistprot_port=0, max_queue_delay_ms=1.0
-    ) as running:
+    with serving_agent(tmp_path / "agent") as running:
         yield running
-
-
-def upload(agent: RunningAgent, path: Path, name: str = "mnist", **params: str) -> httpx.Response:
-    data = path.read_bytes()
-    params = {"sha256": hashlib.sha256(data).hexdigest(), **params}
-    return httpx.put(
-        f"http://127.0.0.1:{agent.http}/api/models/{name}", params=params, content=data, timeout=60
-    )
 
 
 def ask_native(port: int, x: np.ndarray, model: str = "mnist") -> np.ndarray:
@@ -353,12 +342,12 @@ def test_slow_body_is_cut_off_and_agent_keeps_serving(
         assert ok.status_code == 200, ok.text
 
 
-def test_flat_rows_fit_an_image_model_and_oversized_batches_are_refused_early(
+def test_flat_rows_fit_an_image_model_and_requests_past_the_row_cap_are_refused_early(
     tmp_path: Path,
 ) -> None:
     image = tmp_path / "image.onnx"
     w, b = image_model(image)
-    with agent_in_thread(tmp_path / "agent", max_batch_size=4) as running:
+    with agent_in_thread(tmp_path / "agent", max_batch_size=4, max_request_rows=8) as running:
         assert upload(running, image).status_code == 201
 
         def ask(x: np.ndarray) -> np.ndarray:
@@ -371,8 +360,12 @@ def test_flat_rows_fit_an_image_model_and_oversized_batches_are_refused_early(
         np.testing.assert_allclose(shaped, softmax(flat @ w.T + b), atol=1e-5)
         with pytest.raises(RemoteError, match=r"must have shape \[N, 1, 28, 28\], got \[1, 783\]"):
             ask(flat[:1, :783])
-        with pytest.raises(RemoteError, match="5 rows is over the maximum of 4"):
-            ask(np.zeros((5, 784), np.float32))
+        # More rows than a batch: split into batches of 4 and joined in order.
+        many = np.random.default_rng(1).random((8, 784), dtype=np.float32)
+        np.testing.assert_allclose(ask(many), softmax(many @ w.T + b), atol=1e-5)
+        with pytest.raises(RemoteError, match="9 rows, over max_request_rows=8") as info:
+            ask(np.zeros((9, 784), np.float32))
+        assert info.value.remote_code == "too_large"
 
 
 def test_an_unservable_model_is_not_kept_and_never_stops_the_agent(

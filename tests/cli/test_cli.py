@@ -107,7 +107,8 @@ def test_help_lists_exit_codes_one_a_line(edgewire: Invoke) -> None:
     assert code == 0
     assert ".;" not in out
     lines = [line.strip(" │") for line in out.splitlines()]
-    assert any(line.startswith("4  The data set cannot be read") for line in lines)
+    assert any(line.startswith("4  data: The data set cannot be read") for line in lines)
+    assert any(line.startswith("11  model, model_not_found: The model") for line in lines)
     assert any(line.startswith("130  interrupted") for line in lines)
 
 
@@ -311,3 +312,82 @@ def test_a_resume_with_nothing_to_resume_is_said() -> None:
     with TrainDisplay(console=console, total=4, resume=True) as display:
         display("ready", {"run_id": "r", "resumed": True, "next_seq": 2, "device": "cpu"})
     assert "resuming run 'r' at batch 2" in console.export_text()
+
+
+# --- 10: options read from the tables (ports, load clients, defaults) -------------------
+
+
+def test_agent_help_has_a_flag_for_every_port_in_the_table(edgewire: Invoke) -> None:
+    from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, PORTS
+
+    code, out, _ = edgewire("agent", "--help")
+    assert code == 0
+    for spec in PORTS:
+        assert spec.flag in out, spec
+        assert f"the seed used {spec.seed_port}" in out
+    assert f"[default: {DEFAULT_NATIVE_PORT}]" in out and f"[default: {DEFAULT_HTTP_PORT}]" in out
+    assert "--legacy-mnistprot-model" in out
+
+
+def test_agent_port_flags_reach_the_config(
+    edgewire: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import edgewire.agent.server as server
+    from edgewire.ports import PORTS
+
+    seen: list[Any] = []
+
+    async def fake_run_agent(cfg: Any, **kwargs: Any) -> None:
+        seen.append(cfg)
+
+    monkeypatch.setattr(server, "run_agent", fake_run_agent)
+    flags = [arg for i, spec in enumerate(PORTS) for arg in (spec.flag, str(9100 + i))]
+    code, _, err = edgewire(
+        "agent", "--data-dir", str(tmp_path), *flags, "--legacy-mnistprot-model", "m"
+    )
+    assert code == 0, err
+    (cfg,) = seen
+    assert cfg.legacy_ports == {spec.name: 9100 + i for i, spec in enumerate(PORTS)}
+    assert cfg.legacy_mnistprot_model == "m" and cfg.data_dir == tmp_path
+
+    code, _, err = edgewire("agent", "--data-dir", str(tmp_path), "--legacy-bts0-port", "70000")
+    assert code == 2, err
+    assert len(error_lines(err)) == 1
+    assert "flag --legacy-bts0-port" in err and "70000" in err
+    assert len(seen) == 1
+
+
+def test_bench_takes_native_http_and_every_port_with_a_load_client(edgewire: Invoke) -> None:
+    from edgewire.bench.loadgen import PROTOCOLS, load_client
+    from edgewire.ports import PORTS
+
+    with_client = [spec.name for spec in PORTS if spec.load_client]
+    assert with_client and ("native", "http", *with_client) == PROTOCOLS
+    for protocol in PROTOCOLS:
+        assert load_client(protocol).request is not None
+        code, out, err = edgewire(
+            "bench", "--protocol", protocol, "--to", f"127.0.0.1:{closed_port()}",
+            "--input-shape", "1,784", "--clients", "1", "--requests", "1", "--processes", "1",
+            "--json",
+        )  # fmt: skip
+        assert code == 7, (protocol, err)  # it ran, and found nothing listening
+        assert json.loads(out)[0]["errors"] == 1
+    code, _, err = edgewire("bench", "--protocol", "carrier-pigeon")
+    assert code == 2 and "native, http" in err
+
+
+def test_bench_default_port_follows_the_protocol() -> None:
+    from edgewire.cli.bench import default_port
+    from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, port_spec
+
+    assert default_port("native") == DEFAULT_NATIVE_PORT
+    assert default_port("http") == DEFAULT_HTTP_PORT
+    assert default_port("mnistprot") == port_spec("mnistprot").seed_port
+
+
+def test_deploy_alias_default_is_the_store_default(edgewire: Invoke) -> None:
+    from edgewire.serve.store import DEFAULT_ALIAS
+
+    code, out, _ = edgewire("deploy", "--help")
+    assert code == 0
+    assert f"[default: {DEFAULT_ALIAS}]" in out

@@ -52,7 +52,7 @@ class LinearServer:
         if model != MODEL:
             text = f"model {model!r} is not served (served: {MODEL})"
             return encode_frame(
-                MsgType.ERROR, error_payload("model", text), request_id=frame.request_id
+                MsgType.ERROR, error_payload("model_not_found", text), request_id=frame.request_id
             )
         x = np.array(message.tensors[0], dtype=np.float32)
         with self.lock:

@@ -446,7 +446,7 @@ def test_example_unknown_model_prints_the_agents_message(
     done = run_example(example, "127.0.0.1", port, "nosuch")
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.startswith("agent error [model]: ") and "'nosuch'" in done.stderr
+    assert done.stderr.startswith("agent error [model_not_found]: ") and "'nosuch'" in done.stderr
     if request.node.callspec.params["port"] == "fixture":
         assert done.stderr.strip().endswith("model 'nosuch' is not served (served: mnist)")
 

@@ -213,7 +213,7 @@ def test_client_keeps_one_connection(
         with pytest.raises(ew.RemoteError) as info:
             client.infer("nosuch", xs[0].tolist())
         again, _ = client.infer("mnist", xs[0].tolist())
-    assert info.value.remote_code == "model" and "'nosuch'" in info.value.message
+    assert info.value.remote_code == "model_not_found" and "'nosuch'" in info.value.message
     np.testing.assert_allclose([a[0] for a in answers], expected(xs, model[1], model[2]), atol=1e-5)
     np.testing.assert_allclose(again, answers[0][0], atol=1e-6)
     if request.node.callspec.params["port"] == "fixture":
@@ -223,7 +223,7 @@ def test_client_keeps_one_connection(
 
 
 def test_unknown_model_raises_the_agents_message(ew: ModuleType, port: int) -> None:
-    with pytest.raises(ew.RemoteError, match=r"model 'nosuch' is not served.*\[model\]$"):
+    with pytest.raises(ew.RemoteError, match=r"model 'nosuch' is not served.*\[model_not_found\]$"):
         ew.infer("127.0.0.1", port, "nosuch", [0.0] * 784)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -97,3 +98,30 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "held-out accuracy" in done.stdout
     assert "deployed model.onnx as 'mnist' version 1" in done.stdout
     assert "20 mnistprot" in done.stdout and "20 native" in done.stdout
+
+
+def test_deploy_the_seed_tflite_model_as_it_is(tmp_path: Path, start_agent: StartAgent) -> None:
+    from edgewire.wire.mnistprot import decode_response, encode_request
+    from tests.serve.tflite_models import SEED_TFLITE, litert_scores
+
+    agent = start_agent(tmp_path / "a", "--legacy-mnistprot-port", "0")
+    http = f"127.0.0.1:{agent.ports['http']}"
+    done = edgewire("deploy", str(SEED_TFLITE), "--to", http, "--name", "seed")
+    assert done.returncode == 0, done.stdout + done.stderr
+    x, _ = mnist_data()
+    digits = (x[:5] / 255).astype(np.float32)
+    for digit, want in zip(digits, litert_scores(SEED_TFLITE, digits), strict=True):
+        with socket.create_connection(("127.0.0.1", agent.ports["mnistprot"]), timeout=10) as s:
+            s.sendall(encode_request(digit))
+            raw = b""
+            while len(raw) < 96 and (chunk := s.recv(96 - len(raw))):
+                raw += chunk
+        assert np.abs(decode_response(raw).output - want).max() <= 1e-5
+    # A TFLite file under an .onnx name is refused (model error, exit 11); v1 still serves.
+    renamed = tmp_path / "seed.onnx"
+    renamed.write_bytes(SEED_TFLITE.read_bytes())
+    refused = edgewire("deploy", str(renamed), "--to", http, "--name", "seed")
+    assert refused.returncode == 11, refused.stdout + refused.stderr
+    assert "holds a tflite model" in refused.stdout + refused.stderr
+    listing = edgewire("models", "--to", http)
+    assert "production→1" in listing.stdout

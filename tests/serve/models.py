@@ -153,3 +153,24 @@ def huge_input_model(path: Path) -> None:
     model = _model(graph)
     onnx.checker.check_model(model)
     Path(path).write_bytes(model.SerializeToString())
+
+
+def value_dependent_model(path: Path, *, table: int = 10) -> None:
+    """``output_0 = T[int(input_0)]`` for a table of ``table`` values: it loads and
+    warms up (zeros are in range), and fails at run time on an index past the end."""
+    x = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 1])
+    y = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 1])
+    values = np.arange(table, dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", [INPUT], ["idx"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["T", "idx"], [OUTPUT], axis=0),
+        ],
+        "lookup",
+        [x],
+        [y],
+        initializer=[numpy_helper.from_array(values, "T")],
+    )
+    model = _model(graph)
+    onnx.checker.check_model(model)
+    Path(path).write_bytes(model.SerializeToString())

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 from edgewire.errors import ConfigError, DataError, ModelError
+from edgewire.serve.backends.onnx import available_providers, pick_providers
 from edgewire.serve.runtime import (
     LoadedModel,
     ModelHost,
     RuntimeOptions,
-    available_providers,
     load_model,
-    pick_providers,
 )
 from edgewire.serve.store import ModelStore, ModelVersion
 from tests.serve.models import (

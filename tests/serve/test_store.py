@@ -227,7 +227,7 @@ def test_a_pickle_payload_is_refused_and_never_runs(store: ModelStore, tmp_path:
     marker = tmp_path / "pwned"
     payload = tmp_path / "model.onnx"
     payload.write_bytes(pickle.dumps(_Exploit(marker)))
-    with pytest.raises(ModelError, match="ONNX model"):
+    with pytest.raises(ModelError, match="a Python pickle, not a model"):
         store.add("m", payload)
     assert not marker.exists()
     _assert_nothing_added(store)

@@ -11,15 +11,16 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgewire.agent.context import Handler, PortContext
 from edgewire.agent.legacy import read_chunk
 from edgewire.errors import BusyError, ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
 from edgewire.wire.stream import linger_close
 
 if TYPE_CHECKING:
-    from edgewire.agent.server import Agent
     from edgewire.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,28 @@ READ_CHUNK = 256 * 1024
 MAX_SESSIONS = 2
 
 
+@dataclass
+class _Sessions:
+    """BTS0 senders training now on one agent (each holds a model in memory)."""
+
+    active: int = 0
+
+
+def handler(ctx: PortContext) -> Handler:
+    """The BTS0 port's connection handler (``edgewire.ports`` names it)."""
+    sessions = _Sessions()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await handle_bts0(ctx, sessions, reader, writer)
+
+    return handle
+
+
 async def handle_bts0(
-    agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    agent: PortContext,
+    sessions: _Sessions,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> None:
     loop = asyncio.get_running_loop()
     cfg = agent.config
@@ -49,9 +70,9 @@ async def handle_bts0(
                 return
             for batch in decoder.feed(chunk):
                 if trainer is None:
-                    if agent.bts0_sessions >= MAX_SESSIONS:
+                    if sessions.active >= MAX_SESSIONS:
                         raise BusyError(f"{MAX_SESSIONS} BTS0 senders are training already")
-                    agent.bts0_sessions += 1
+                    sessions.active += 1
                     counted = True
                     trainer = await loop.run_in_executor(
                         agent.train_executor, _new_trainer, cfg.bts0_model
@@ -81,7 +102,7 @@ async def handle_bts0(
                 await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
         finally:
             if counted:
-                agent.bts0_sessions -= 1
+                sessions.active -= 1
 
 
 def _new_trainer(model: str) -> Trainer:
@@ -97,7 +118,7 @@ def _train(trainer: Trainer, batch: Bts0Batch) -> bytes:
     return format_reply(batch.header.batch_index, step.loss, step.correct / max(step.count, 1))
 
 
-def _save(agent: Agent, trainer: Trainer, batches: int) -> None:
+def _save(agent: PortContext, trainer: Trainer, batches: int) -> None:
     from edgewire.train.checkpoint import save_checkpoint
 
     name = time.strftime("bts0-%Y%m%d-%H%M%S-") + secrets.token_hex(3)

@@ -1,40 +1,36 @@
 """Model management over HTTP: upload, list, activate, roll back, delete. Token-guarded.
 
-    PUT    /api/models/{name}?sha256=HEX&alias=production   body: the ONNX file
+    PUT    /api/models/{name}?sha256=HEX&alias=production&filename=F   body: the model file
     GET    /api/models
     POST   /api/models/{name}/activate   {"version": 3, "alias": "production"}
     POST   /api/models/{name}/rollback   {"alias": "production"}
     DELETE /api/models/{name}/versions/{version}
 
 An upload is streamed to disk under a size cap, checked against its sha256,
-stored as a new version, loaded and warmed up; only then does the alias move.
-A model that fails any step leaves the previous version serving.
+stored as a new version (its format read from its content; ``filename``, when
+given, must agree), loaded and warmed up; only then does the alias move.
+A model that fails any step leaves the previous version serving, and is
+answered 422; a model or version that does not exist, 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from edgewire.errors import (
-    ConfigError,
-    EdgewireError,
-    ModelError,
-    ProtocolError,
-)
+from edgewire.agent.context import PortContext
+from edgewire.agent.http_common import check_management, error_response, iter_body, read_body
+from edgewire.errors import ConfigError, EdgewireError, ModelError, ModelNotFound, ProtocolError
+from edgewire.jsonsafe import loads_strict
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
-
-if TYPE_CHECKING:
-    from edgewire.agent.server import Agent
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 UPLOADS = "uploads"
@@ -54,8 +50,6 @@ def sweep_uploads(data_dir: Path) -> int:
 
 
 async def _stream_to_file(request: Request, path: Path, *, cap: int, timeout: float) -> int:
-    from edgewire.agent.http import iter_body
-
     total = 0
     with path.open("wb") as out:
         async for chunk in iter_body(request, cap=cap, timeout=timeout):
@@ -65,36 +59,33 @@ async def _stream_to_file(request: Request, path: Path, *, cap: int, timeout: fl
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    from edgewire.agent.http import read_body
-
     raw = await read_body(request, cap=64 * 1024)
     if not raw:
         return {}
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"the body is not valid JSON: {exc}") from None
+    body = loads_strict(raw, what="the body")
     if not isinstance(body, dict):
         raise ProtocolError("the body must be a JSON object")
     return body
 
 
-def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
-    from edgewire.agent.http import check_management, error_response
+def _status(exc: EdgewireError, method: str) -> int | None:
+    """A refused model change is 422 (Unprocessable); not found stays 404."""
+    if isinstance(exc, ModelError) and not isinstance(exc, ModelNotFound) and method != "GET":
+        return 422
+    return None
 
+
+def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
     serving = agent.serving
     store = serving.store
 
     def guarded(handler: Endpoint) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             try:
-                check_management(agent, request)
+                check_management(agent.config, request)
                 return await handler(request)
             except EdgewireError as exc:
-                status = 422 if isinstance(exc, ModelError) and request.method != "GET" else None
-                if isinstance(exc, ModelError) and "not found" in exc.message.lower():
-                    status = 404
-                return error_response(exc, status=status)
+                return error_response(exc, status=_status(exc, request.method))
 
         return endpoint
 
@@ -103,22 +94,30 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
         alias = request.query_params.get("alias", DEFAULT_ALIAS)
         sha256 = request.query_params.get("sha256") or request.headers.get("x-edgewire-sha256")
         activate = request.query_params.get("activate", "1") not in ("0", "false", "no")
+        file_name = request.query_params.get("filename") or None
         check_name(name)
         check_alias(alias)  # before anything is stored or served
         staging = agent.config.data_dir / UPLOADS
         await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
-        tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.onnx"
+        tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.upload"
         try:
             size = await _stream_to_file(
                 request, tmp, cap=agent.config.max_upload_bytes, timeout=agent.config.body_timeout
             )
             if size == 0:
                 raise ModelError("the upload is empty")
-            version = await asyncio.to_thread(store.add, name, tmp, sha256=sha256)
+            version = await asyncio.to_thread(
+                store.add, name, tmp, sha256=sha256, file_name=file_name
+            )
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        body: dict[str, Any] = {"name": name, "version": version.version, "sha256": version.sha256}
+        body: dict[str, Any] = {
+            "name": name,
+            "version": version.version,
+            "format": version.format,
+            "sha256": version.sha256,
+        }
         if activate:
             try:
                 await serving.activate(name, version.version)
@@ -140,7 +139,7 @@ def management_routes(agent: Agent) -> list[tuple[str, Endpoint, list[str]]]:
             versions = await asyncio.to_thread(store.versions, name)
             models.append({
                 "name": name,
-                "versions": [{"version": v.version, "sha256": v.sha256, "size": v.size, "created": v.created} for v in versions],
+                "versions": [{"version": v.version, "format": v.format, "sha256": v.sha256, "size": v.size, "created": v.created} for v in versions],
                 "aliases": await asyncio.to_thread(store.aliases, name),
                 "serving": served.get(name),
             })  # fmt: skip

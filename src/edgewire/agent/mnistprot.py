@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgewire.agent.context import Handler, PortContext
 from edgewire.agent.legacy import read_chunk
 from edgewire.agent.serving import reshape_flat
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
@@ -26,15 +26,21 @@ from edgewire.wire.mnistprot import (
     encode_response,
 )
 
-if TYPE_CHECKING:
-    from edgewire.agent.server import Agent
-
 log = logging.getLogger(__name__)
 READ_CHUNK = 16 * 1024
 
 
+def handler(ctx: PortContext) -> Handler:
+    """The MnistProt port's connection handler (``edgewire.ports`` names it)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await handle_mnistprot(ctx, reader, writer)
+
+    return handle
+
+
 async def handle_mnistprot(
-    agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    agent: PortContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     cfg = agent.config
     framer = RequestFramer()
@@ -63,7 +69,7 @@ async def handle_mnistprot(
         writer.close()
 
 
-async def _answer(agent: Agent, raw: bytes) -> bytes:
+async def _answer(agent: PortContext, raw: bytes) -> bytes:
     request = decode_request(raw)
     if request.cmd != CMD_INFERENCE_INPUT or request.digit is None:
         raise ProtocolError(f"MnistProt command {request.cmd} is not an inference request")

@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgewire import __version__
+from edgewire.agent.context import Handler, PortContext
 from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
 from edgewire.wire.frames import VERSION, MsgType
 from edgewire.wire.messages import Message
 from edgewire.wire.stream import FramedStream
 
-if TYPE_CHECKING:
-    from edgewire.agent.server import Agent
-
 log = logging.getLogger(__name__)
 
 
+def handler(ctx: PortContext) -> Handler:
+    """The native port's connection handler."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await handle_native(ctx, reader, writer)
+
+    return handle
+
+
 async def handle_native(
-    agent: Agent, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    agent: PortContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     cfg = agent.config
     stream = FramedStream(
@@ -70,7 +77,9 @@ async def handle_native(
         await (stream.close_after_error() if errored else stream.close())
 
 
-async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: Message) -> None:
+async def _infer(
+    agent: PortContext, stream: FramedStream, request_id: int, message: Message
+) -> None:
     """One inference request; its errors go back to the client, the connection stays."""
     meta = message.meta
     try:
@@ -123,7 +132,7 @@ async def _infer(agent: Agent, stream: FramedStream, request_id: int, message: M
         await stream.drain(agent.config.idle_timeout)
 
 
-def capabilities(agent: Agent) -> dict[str, object]:
+def capabilities(agent: PortContext) -> dict[str, object]:
     cfg = agent.config
     return {
         "agent": "edgewire",
@@ -136,7 +145,7 @@ def capabilities(agent: Agent) -> dict[str, object]:
     }
 
 
-def _model_info(agent: Agent, name: str) -> dict[str, object]:
+def _model_info(agent: PortContext, name: str) -> dict[str, object]:
     version = agent.serving.loaded(name).version
     return {
         "name": name,

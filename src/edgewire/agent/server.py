@@ -1,4 +1,9 @@
-"""The agent: one asyncio process serving the native port, HTTP and legacy ports."""
+"""The agent: one asyncio process serving the native port, HTTP and the opt-in ports.
+
+It owns the shared resources (a :class:`PortContext` hands them to handlers),
+opens the ports of ``edgewire.ports.PORTS`` that the config names, and drains
+on stop.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
 
+from edgewire.agent.context import Handler, PortContext
 from edgewire.agent.http_guard import DEFAULT_MAX_HEADER_BYTES, guarded_protocol
 from edgewire.agent.management import sweep_uploads
 from edgewire.agent.metrics import AgentMetrics
@@ -20,12 +26,14 @@ from edgewire.agent.serving import Serving
 from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
 from edgewire.fsutil import lock_folder, unlock_folder
+from edgewire.ports import PORTS, load_attr
 from edgewire.train.session import RunRegistry
 from edgewire.wire.stream import ByteBudget
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+#: Listed in the hello of every agent; each open opt-in port adds its own.
+CORE_FEATURES = ("health", "metrics", "train.stream", "infer", "kserve.v2")
 LISTEN_BACKLOG = 4096
 STREAM_LIMIT = 256 * 1024
 
@@ -47,10 +55,20 @@ class Agent:
         # Training is CPU-bound and a model is not thread-safe: one training thread.
         self.train_executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-train")
         self.frame_budget = ByteBudget(config.max_buffered_bytes)
-        self.bts0_sessions = 0  # BTS0 senders training now (each holds a model in memory)
-        self.features: set[str] = {"health", "metrics", "train.stream", "infer", "kserve.v2"}
+        self.features: set[str] = set(CORE_FEATURES)
         self.ports: dict[str, int] = {}
         self.stopping = asyncio.Event()
+        self.context = PortContext(
+            config=config,
+            metrics=self.metrics,
+            serving=self.serving,
+            runs=self.runs,
+            train_executor=self.train_executor,
+            frame_budget=self.frame_budget,
+            stopping=self.stopping,
+            features=self.features,
+            is_ready=lambda: self.ready,
+        )
         self._started = False
         self._servers: list[asyncio.Server] = []
         self._http: _QuietUvicorn | None = None
@@ -78,22 +96,16 @@ class Agent:
             )
         self._lock = lock
         await asyncio.to_thread(sweep_uploads, cfg.data_dir)
-        from edgewire.agent.native import handle_native
+        from edgewire.agent.native import handler as native_handler
 
         await self.serving.start()
-        await self._listen("native", cfg.port, lambda r, w: handle_native(self, r, w))
-        if cfg.legacy_bts0_port is not None:
-            from edgewire.agent.bts0 import handle_bts0
-
-            self.features.add("legacy.bts0")
-            await self._listen("bts0", cfg.legacy_bts0_port, lambda r, w: handle_bts0(self, r, w))
-        if cfg.legacy_mnistprot_port is not None:
-            from edgewire.agent.mnistprot import handle_mnistprot
-
-            self.features.add("legacy.mnistprot")
-            await self._listen(
-                "mnistprot", cfg.legacy_mnistprot_port, lambda r, w: handle_mnistprot(self, r, w)
-            )
+        await self._listen("native", cfg.port, native_handler(self.context))
+        for spec in PORTS:
+            port = cfg.port_of(spec.name)
+            if port is None:
+                continue
+            self.features.add(spec.feature)
+            await self._listen(spec.name, port, load_attr(spec.handler)(self.context))
         await self._start_http()
         self._started = True
         log.info("edgewire agent listening: %s", self.ports)
@@ -160,7 +172,7 @@ class Agent:
         sock.setblocking(False)
         self.ports["http"] = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self),
+            create_app(self.context),
             log_level="warning",
             lifespan="off",
             access_log=False,

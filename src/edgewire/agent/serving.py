@@ -1,7 +1,9 @@
 """What the agent serves: the model store, the loaded models, one batcher per model.
 
 Every protocol (native, MnistProt, KServe v2 HTTP) calls :meth:`Serving.infer`,
-so requests from all of them are batched together.
+so requests from all of them are batched together. A request with more rows
+than a batch holds (up to ``max_request_rows``) is split into batches and its
+answers joined again in order.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import DataError, EdgewireError, ModelError
+from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ModelError, ModelNotFound
 from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult
+from edgewire.serve.model import ModelVersion, TensorInfo
 from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
-from edgewire.serve.store import ModelStore, ModelVersion, TensorInfo
+from edgewire.serve.store import ModelStore
 from edgewire.wire.messages import require_finite
 
 if TYPE_CHECKING:
@@ -110,8 +113,13 @@ class Serving:
     def loaded(self, name: str) -> LoadedModel:
         if name not in self._batchers:
             served = ", ".join(self.names()) or "none"
-            raise ModelError(f"model {name!r} is not served (served: {served})")
+            raise ModelNotFound(f"model {name!r} is not served (served: {served})")
         return self.host.get(name)
+
+    def policy_of(self, name: str) -> BatchPolicy:
+        """How requests for ``name`` are batched (max batch 1 for a model that cannot batch)."""
+        self.loaded(name)
+        return self._batchers[name].policy
 
     def default_model(self) -> str:
         """The model legacy protocols use: the configured one, else the only one."""
@@ -133,12 +141,37 @@ class Serving:
         deadline_ms: float | None = None,
     ) -> Served:
         loaded = self.loaded(name)
-        named = check_inputs(loaded.inputs, inputs, max_rows=self.policy.max_batch_size)
+        batcher = self._batchers[name]
+        limit = self.config.max_request_rows
+        named = check_inputs(loaded.inputs, inputs, max_rows=None)
+        rows = next(iter(named.values())).shape[0]
+        if rows > limit:
+            raise FrameTooLarge(
+                f"the request has {rows} rows, over max_request_rows={limit}; send fewer at once"
+            )
         deadline = None
         if deadline_ms is not None:
             deadline = asyncio.get_running_loop().time() + deadline_ms / 1000
-        result = await self._batchers[name].submit(named, deadline=deadline)
-        return Served(version=loaded.version, result=result)
+        step = batcher.policy.max_batch_size
+        if rows <= step:
+            return Served(
+                version=loaded.version, result=await batcher.submit(named, deadline=deadline)
+            )
+        if not splittable(loaded.inputs):
+            raise DataError(f"model {name!r} takes {step} row(s) at a time, got {rows}")
+        parts = [
+            asyncio.ensure_future(
+                batcher.submit({k: v[i : i + step] for k, v in named.items()}, deadline=deadline)
+            )
+            for i in range(0, rows, step)
+        ]
+        try:
+            results = await asyncio.gather(*parts)
+        except BaseException:
+            for part in parts:
+                part.cancel()
+            raise
+        return Served(version=loaded.version, result=join_results(results))
 
     def model_status(self) -> list[dict[str, Any]]:
         out = []
@@ -148,6 +181,8 @@ class Serving:
                 {
                     "name": name,
                     "version": loaded.version.version,
+                    "format": loaded.version.format,
+                    "platform": loaded.platform,
                     "providers": list(loaded.providers),
                 }
             )
@@ -197,6 +232,22 @@ def check_inputs(
         require_finite(array, f"input {info.name!r}")
         named[info.name] = array
     return named
+
+
+def splittable(expected: Sequence[TensorInfo]) -> bool:
+    """Whether a request's first dimension is a batch axis it can be cut along."""
+    return all(len(t.shape) >= 2 and t.shape[0] in (None, 1) for t in expected)
+
+
+def join_results(results: Sequence[InferResult]) -> InferResult:
+    """The answers to the parts of one split request, as one answer in row order."""
+    names = list(results[0].outputs)
+    return InferResult(
+        outputs={n: np.concatenate([r.outputs[n] for r in results]) for n in names},
+        queue_ms=max(r.queue_ms for r in results),
+        compute_ms=sum(r.compute_ms for r in results),
+        batch_size=max(r.batch_size for r in results),
+    )
 
 
 def _unflatten(info: TensorInfo, array: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -24,7 +24,7 @@ from edgewire.wire.messages import Message, require_finite
 from edgewire.wire.stream import FramedStream
 
 if TYPE_CHECKING:
-    from edgewire.agent.server import Agent
+    from edgewire.agent.context import PortContext
 
 _END = None
 #: How long a new stream waits for the old one of the same run to let go.
@@ -53,7 +53,7 @@ def batch_tensors(message: Message) -> tuple[int, np.ndarray[Any, Any], np.ndarr
 
 
 async def serve_training(
-    agent: Agent, stream: FramedStream, begin: Frame, message: Message
+    agent: PortContext, stream: FramedStream, begin: Frame, message: Message
 ) -> None:
     from edgewire.train.trainer import TrainSpec
 
@@ -89,7 +89,7 @@ async def serve_training(
 
 
 async def _open_run(
-    agent: Agent, run_id: str, spec: Any, plan: RunPlan, *, resume: bool
+    agent: PortContext, run_id: str, spec: Any, plan: RunPlan, *, resume: bool
 ) -> tuple[RunState, bool]:
     """Attach to the run; a host that reconnects right after a drop may find its
     old connection not yet noticed as gone, so a busy run gets a few seconds."""
@@ -109,7 +109,7 @@ async def _open_run(
             await asyncio.sleep(0.05)
 
 
-async def _pump(agent: Agent, stream: FramedStream, state: RunState, window: int) -> None:
+async def _pump(agent: PortContext, stream: FramedStream, state: RunState, window: int) -> None:
     loop = asyncio.get_running_loop()
     # The training thread takes batches straight from a thread-safe queue and
     # never waits for the event loop between steps: on a 2-core board a round
@@ -227,7 +227,7 @@ def _train_thread(
 
 
 def _send_feedback(
-    agent: Agent, stream: FramedStream, state: RunState, outcome: BatchOutcome
+    agent: PortContext, stream: FramedStream, state: RunState, outcome: BatchOutcome
 ) -> None:
     # Feedback is small and one per batch the host sent against its credits, so
     # the write buffer is bounded by the window without waiting on drain here.

@@ -12,18 +12,15 @@ whole milliseconds); delivery is never early.
 
 Not modelled: loss, jitter, and the delay of the TCP handshake itself.
 
-``measure_link`` checks an emulated link against its settings (goodput and
-round-trip time through a small echo/sink server of its own).
+:mod:`edgewire.bench.linkcheck` measures what an emulated link really delivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import socket
-import statistics
 import struct
 import threading
 import time
@@ -31,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 
+from edgewire.config import is_loopback
 from edgewire.errors import ConfigError, ConnectError, PeerTimeout
 
 CHUNK = 16 * 1024
@@ -183,22 +181,24 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def require_loopback(host: str, *, what: str = "the link emulator") -> None:
+    """Refuse a bind beyond loopback: these test servers have no authentication."""
+    if not is_loopback(host):
+        raise ConfigError(f"{what} binds loopback only, not {host!r}")
 
 
-def _check_loopback(host: str) -> None:
-    if not _is_loopback(host):
-        raise ConfigError(f"the link emulator binds loopback only, not {host!r}")
-
-
-# The emulators running in this process, by port, so that measure_link can
-# check a twin of one instead of sending probes to its real upstream.
+# The emulators running in this process, by port, so that a link check can
+# measure a twin of one instead of sending probes to its real upstream.
 _RUNNING: dict[int, LinkEmulator] = {}
 _RUNNING_LOCK = threading.Lock()
+
+
+def running_emulator(host: str, port: int) -> LinkEmulator | None:
+    """The LinkEmulator of this process listening on loopback ``port``, if any."""
+    if not is_loopback(host):
+        return None
+    with _RUNNING_LOCK:
+        return _RUNNING.get(port)
 
 
 class LinkEmulator:
@@ -213,7 +213,7 @@ class LinkEmulator:
         port: int = 0,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
-        _check_loopback(host)
+        require_loopback(host)
         self.upstream = upstream
         self.spec = spec
         self.host = host
@@ -390,130 +390,3 @@ class LinkEmulatorThread:
             thread.join(timeout=_THREAD_START_TIMEOUT_S)
             if not thread.is_alive():
                 loop.close()
-
-
-# --- self-check: measure what an emulated link really delivers ------------------------
-
-_ECHO, _SINK = b"E", b"S"
-_SINK_HEADER = struct.Struct(">Q")  # bytes the client will send
-_SINK_REPLY = struct.Struct(">Qd")  # bytes timed, seconds from first to last byte
-MAX_CHECK_BYTES = 1 << 30
-CHECK_READ_TIMEOUT_S = 60.0
-_RTT_SAMPLES = 5
-
-
-async def _read_with_timeout(reader: asyncio.StreamReader, limit: int) -> bytes:
-    async with asyncio.timeout(CHECK_READ_TIMEOUT_S):
-        return await reader.read(limit)
-
-
-async def _check_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        async with asyncio.timeout(CHECK_READ_TIMEOUT_S):
-            mode = await reader.readexactly(1)
-        if mode == _ECHO:
-            while chunk := await _read_with_timeout(reader, CHUNK):
-                writer.write(chunk)
-                await writer.drain()
-        elif mode == _SINK:
-            async with asyncio.timeout(CHECK_READ_TIMEOUT_S):
-                (total,) = _SINK_HEADER.unpack(await reader.readexactly(_SINK_HEADER.size))
-            if not 0 < total <= MAX_CHECK_BYTES:
-                return
-            received, first, started, now = 0, 0, 0.0, 0.0
-            while received < total:
-                chunk = await _read_with_timeout(reader, min(CHUNK, total - received))
-                if not chunk:
-                    return
-                now = time.perf_counter()
-                if not received:
-                    first, started = len(chunk), now
-                received += len(chunk)
-            writer.write(_SINK_REPLY.pack(total - first, now - started))
-            await writer.drain()
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
-        pass  # a broken check connection only ends this check
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def serve_link_check(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """The echo/sink server that ``measure_link`` talks to (put the link in front of it)."""
-    _check_loopback(host)
-    return await asyncio.start_server(_check_session, host, port)
-
-
-async def measure_link(
-    host: str, port: int, *, nbytes: int = 2_000_000, timeout_s: float = 120.0
-) -> dict[str, float]:
-    """Measure the link at ``host:port``, so benchmarks can print configured vs measured.
-
-    If ``host:port`` is a LinkEmulator of this process, a twin link of the same
-    spec is measured in front of a check server of our own: the emulator's real
-    upstream never sees the probes. Otherwise the far end of ``host:port`` must
-    be ``serve_link_check``.
-
-    Returns ``mbit``, the one-way goodput in Mbit/s timed at the receiver from
-    first to last byte, and ``rtt_ms``, the median round trip of a one-byte message.
-    """
-    with _RUNNING_LOCK:
-        emulator = _RUNNING.get(port)
-    if emulator is not None and _is_loopback(host):
-        return await check_link(emulator.spec, nbytes=nbytes, timeout_s=timeout_s)
-    return await _probe(host, port, nbytes=nbytes, timeout_s=timeout_s)
-
-
-async def check_link(
-    spec: LinkSpec, *, nbytes: int = 2_000_000, timeout_s: float = 120.0
-) -> dict[str, float]:
-    """Emulate ``spec`` in front of a fresh check server and measure it."""
-    server = await serve_link_check()
-    try:
-        upstream = ("127.0.0.1", int(server.sockets[0].getsockname()[1]))
-        async with LinkEmulator(upstream=upstream, spec=spec) as link:
-            return await _probe("127.0.0.1", link.port, nbytes=nbytes, timeout_s=timeout_s)
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def _probe(host: str, port: int, *, nbytes: int, timeout_s: float) -> dict[str, float]:
-    """Time one-byte echoes and a sink of ``nbytes`` through ``host:port``."""
-    if not CHUNK <= nbytes <= MAX_CHECK_BYTES:
-        raise ConfigError(f"nbytes must be in {CHUNK}..{MAX_CHECK_BYTES}, got {nbytes!r}")
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(_ECHO)
-                samples = []
-                for _ in range(_RTT_SAMPLES):
-                    sent = time.perf_counter()
-                    writer.write(b"p")
-                    await writer.drain()
-                    await reader.readexactly(1)
-                    samples.append(time.perf_counter() - sent)
-            finally:
-                writer.close()
-                await writer.wait_closed()
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(_SINK + _SINK_HEADER.pack(nbytes))
-                block = bytes(4 * CHUNK)
-                for offset in range(0, nbytes, len(block)):
-                    writer.write(block[: nbytes - offset])
-                    await writer.drain()
-                timed, seconds = _SINK_REPLY.unpack(await reader.readexactly(_SINK_REPLY.size))
-            finally:
-                writer.close()
-                await writer.wait_closed()
-    except TimeoutError:
-        raise PeerTimeout(f"the link check via {host}:{port} took over {timeout_s:g} s") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        raise ConnectError(f"the link check via {host}:{port} failed: {exc}") from exc
-    return {
-        "mbit": timed * 8 / max(seconds, 1e-9) / 1e6,
-        "rtt_ms": statistics.median(samples) * 1000,
-    }

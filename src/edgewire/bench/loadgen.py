@@ -1,4 +1,4 @@
-"""A load generator for the agent: N concurrent clients over native, MnistProt or HTTP.
+"""A load generator for the agent: N concurrent clients over native, HTTP or an opt-in port.
 
 Clients are spread over several worker processes (each an asyncio loop, uvloop
 when installed) so the generator is not the bottleneck. Requests are encoded
@@ -6,6 +6,10 @@ once per worker; answers are checked by their header (frame type, 96 bytes,
 HTTP status) without decoding the payload, to keep client-side cost small.
 
 ``one_shot`` opens a connection per request, like the seed's stress tool.
+
+Each protocol is a :class:`LoadClient` (the request it sends, how it reads an
+answer): native and HTTP here, and each opt-in port whose
+:class:`~edgewire.ports.PortSpec` names one as its ``load_client``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import multiprocessing as mp
 import os
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +28,11 @@ import numpy as np
 import numpy.typing as npt
 
 from edgewire.errors import ConfigError
+from edgewire.ports import PORTS, load_attr
 
-PROTOCOLS = ("native", "mnistprot", "http")
+#: The opt-in ports with a load client: name -> ``module:attribute`` of its LoadClient.
+_PORT_CLIENTS = {spec.name: spec.load_client for spec in PORTS if spec.load_client}
+PROTOCOLS = ("native", "http", *_PORT_CLIENTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,8 +179,38 @@ async def _read_http(reader: asyncio.StreamReader) -> str | None:
     return None if status == b"200" else f"HTTP {status.decode(errors='replace')}"
 
 
-_READERS = {"native": _read_native, "mnistprot": _read_mnistprot, "http": _read_http}
-_REQUESTS = {"native": _native_request, "mnistprot": _mnistprot_request, "http": _http_request}
+@dataclass(frozen=True, kw_only=True)
+class LoadClient:
+    """How one protocol is loaded: the request bytes, and a reader of one answer."""
+
+    #: The bytes of one request (encoded once per worker).
+    request: Callable[[LoadSpec], bytes]
+    #: Reads one answer; None if it is a success, else a short reason.
+    read: Callable[[asyncio.StreamReader], Awaitable[str | None]]
+    #: The input shape the protocol always carries, if fixed (else asked from the agent).
+    input_shape: tuple[int, ...] | None = None
+
+
+NATIVE_CLIENT = LoadClient(request=_native_request, read=_read_native)
+HTTP_CLIENT = LoadClient(request=_http_request, read=_read_http)
+#: The ESP8266 MnistProt port: 784 floats in, 96 bytes back (see ``ports.PORTS``).
+MNISTPROT_CLIENT = LoadClient(
+    request=_mnistprot_request, read=_read_mnistprot, input_shape=(1, 784)
+)
+
+
+def load_client(protocol: str) -> LoadClient:
+    """The client for ``protocol`` (one of :data:`PROTOCOLS`)."""
+    if protocol == "native":
+        return NATIVE_CLIENT
+    if protocol == "http":
+        return HTTP_CLIENT
+    if protocol not in _PORT_CLIENTS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    client = load_attr(_PORT_CLIENTS[protocol])
+    if not isinstance(client, LoadClient):
+        raise TypeError(f"{_PORT_CLIENTS[protocol]} is not a LoadClient")
+    return client
 
 
 # --- one worker process -------------------------------------------------------
@@ -181,7 +219,7 @@ _REQUESTS = {"native": _native_request, "mnistprot": _mnistprot_request, "http":
 async def _client(
     spec: LoadSpec, request: bytes, stop_at: float, latencies: list[float], errors: dict[str, int]
 ) -> None:
-    read = _READERS[spec.protocol]
+    read = load_client(spec.protocol).read
     loop = asyncio.get_running_loop()
     count = 0
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -226,7 +264,7 @@ async def _client(
 async def _worker_main(
     spec: LoadSpec, clients: int, start: Any
 ) -> tuple[list[float], dict[str, int], float, float]:
-    request = _REQUESTS[spec.protocol](spec)
+    request = load_client(spec.protocol).request(spec)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     # Every worker and the parent meet here, so all clients start together.

@@ -1,51 +1,65 @@
-"""``edgewire agent``."""
+"""``edgewire agent``.
+
+Its options for the opt-in protocol ports are made from :data:`edgewire.ports.PORTS`,
+one ``--legacy-<name>-port`` each, so that a new port needs no change here; the
+other options are written out below, with their defaults read from the config.
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 
 from edgewire.cli.common import console, run
-from edgewire.config import AgentConfig, load_config
+from edgewire.config import AgentConfig, field_default, load_config
+from edgewire.ports import PORTS, PortSpec
 
 
-def agent_command(
-    host: str | None = typer.Option(None, help=r"Address to bind \[default: 127.0.0.1]."),
-    port: int | None = typer.Option(None, help=r"Native wire port \[default: 7700]."),
-    http_port: int | None = typer.Option(None, help=r"HTTP port \[default: 8000]."),
+def _fixed_options(
+    host: str | None = typer.Option(
+        None, help=rf"Address to bind \[default: {field_default(AgentConfig, 'host')}]."
+    ),
+    port: int | None = typer.Option(
+        None, help=rf"Native wire port \[default: {field_default(AgentConfig, 'port')}]."
+    ),
+    http_port: int | None = typer.Option(
+        None, help=rf"HTTP port \[default: {field_default(AgentConfig, 'http_port')}]."
+    ),
     data_dir: Path | None = typer.Option(None, help="Where runs and models live."),
     token: str | None = typer.Option(
         None,
         help=r"Token for management calls; required to bind beyond loopback \[env: EDGEWIRE_TOKEN].",
-    ),
-    legacy_bts0_port: int | None = typer.Option(
-        None, help="Also accept the JettyLink BTS0 stream on this port (seed: 9000)."
-    ),
-    legacy_mnistprot_port: int | None = typer.Option(
-        None, help="Also answer the ESP8266 MnistProt protocol on this port (seed: 32001)."
     ),
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
     ),
     config: Path | None = typer.Option(None, help=r"TOML file with \[agent] settings."),
 ) -> None:
+    """The options every agent has; only its signature is used (see ``agent_command``)."""
+
+
+def _port_option(spec: PortSpec) -> inspect.Parameter:
+    return inspect.Parameter(
+        spec.config_key,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None,
+            spec.flag,
+            help=f"Also open this port for {escape(spec.summary)}; the seed used {spec.seed_port}.",
+        ),
+        annotation=int | None,
+    )
+
+
+def agent_command(**options: Any) -> None:
     from edgewire.agent.server import Agent, run_agent
 
-    cfg = load_config(
-        AgentConfig,
-        config_file=config,
-        flags={
-            "host": host,
-            "port": port,
-            "http_port": http_port,
-            "data_dir": data_dir,
-            "token": token,
-            "legacy_bts0_port": legacy_bts0_port,
-            "legacy_mnistprot_port": legacy_mnistprot_port,
-            "legacy_mnistprot_model": legacy_mnistprot_model,
-        },
-    )
+    config_file = options.pop("config")
+    cfg = load_config(AgentConfig, config_file=config_file, flags=options)
 
     def started(agent: Agent) -> None:
         ports = ", ".join(f"{name} {p}" for name, p in agent.ports.items())
@@ -54,3 +68,18 @@ def agent_command(
         )
 
     run(run_agent(cfg, on_started=started))
+
+
+def _signature() -> inspect.Signature:
+    """The fixed options with one port option per PortSpec, before the MnistProt model."""
+    fixed = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(_fixed_options, eval_str=True).parameters.values()
+    ]
+    cut = [p.name for p in fixed].index("legacy_mnistprot_model")
+    ports = [_port_option(spec) for spec in PORTS]
+    return inspect.Signature([*fixed[:cut], *ports, *fixed[cut:]])
+
+
+# typer reads the options from the signature, which a ``**options`` function lets us build.
+agent_command.__signature__ = _signature()  # type: ignore[attr-defined]

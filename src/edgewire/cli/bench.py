@@ -12,8 +12,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from edgewire.bench.loadgen import PROTOCOLS
 from edgewire.cli.common import console, parse_address
 from edgewire.errors import ConfigError, ConnectError, DependencyMissing, RemoteError
+from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, port_spec
 
 #: Error kinds from the load generator that mean the agent could not be reached or went away.
 _CONNECTION_KINDS = {
@@ -22,11 +24,33 @@ _CONNECTION_KINDS = {
 }  # fmt: skip
 
 
+def default_port(protocol: str) -> int:
+    """The port ``--to`` means when it names none: the agent's, or the seed's for a legacy port."""
+    if protocol == "native":
+        return DEFAULT_NATIVE_PORT
+    if protocol == "http":
+        return DEFAULT_HTTP_PORT
+    return port_spec(protocol).seed_port
+
+
+def _check_protocol(value: str) -> str:
+    if value not in PROTOCOLS:
+        raise typer.BadParameter(f"{value!r} is not one of: {', '.join(PROTOCOLS)}")
+    return value
+
+
+_DEFAULT_PORTS = ", ".join(f"{p} {default_port(p)}" for p in PROTOCOLS)
+
+
 def bench_command(
     to: str = typer.Option(
-        "127.0.0.1:7700", "--to", help="Agent HOST:PORT for the chosen protocol."
+        "127.0.0.1",
+        "--to",
+        help=f"Agent HOST[:PORT] for the chosen protocol; the port defaults to {_DEFAULT_PORTS}.",
     ),
-    protocol: str = typer.Option("native", help="native, mnistprot or http."),
+    protocol: str = typer.Option(
+        "native", callback=_check_protocol, help=f"One of: {', '.join(PROTOCOLS)}."
+    ),
     clients: str = typer.Option(
         "100", help="Concurrent clients; a comma list runs each level in turn."
     ),
@@ -50,7 +74,7 @@ def bench_command(
 ) -> None:
     from edgewire.bench.loadgen import LoadSpec, run_load
 
-    host, port = parse_address(to, default_port=7700)
+    host, port = parse_address(to, default_port=default_port(protocol))
     try:
         levels = [int(c) for c in clients.split(",") if c.strip()]
     except ValueError:
@@ -134,9 +158,12 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def discover_shape(host: str, port: int, protocol: str, model: str) -> tuple[int, ...]:
-    """One row of the model's input, asked from the agent (MnistProt is always 784 floats)."""
-    if protocol == "mnistprot":
-        return (1, 784)
+    """One row of the model's input, asked from the agent (unless the protocol fixes it)."""
+    from edgewire.bench.loadgen import load_client
+
+    fixed = load_client(protocol).input_shape
+    if fixed is not None:
+        return fixed
     if protocol == "http":
         import httpx
 

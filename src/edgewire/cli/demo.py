@@ -54,7 +54,7 @@ async def _demo(
     from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
 
     config = AgentConfig(
-        host="127.0.0.1", port=0, http_port=0, legacy_mnistprot_port=0, data_dir=data_dir
+        host="127.0.0.1", port=0, http_port=0, legacy_ports={"mnistprot": 0}, data_dir=data_dir
     )
     agent = Agent(config)
     await agent.start()
@@ -98,6 +98,7 @@ async def _deploy_and_serve(
     from edgewire.bench.loadgen import LoadSpec, run_load
     from edgewire.cli.bench import results_table
     from edgewire.cli.deploy import upload_model
+    from edgewire.serve.store import DEFAULT_ALIAS
 
     ports = agent.ports
     deployed = await asyncio.to_thread(
@@ -106,7 +107,7 @@ async def _deploy_and_serve(
         host="127.0.0.1",
         port=ports["http"],
         name="mnist",
-        alias="production",
+        alias=DEFAULT_ALIAS,
         token=None,
         timeout=120,
     )

@@ -1,4 +1,4 @@
-"""``edgewire deploy`` and ``edgewire models``: ship ONNX models to agents over HTTP."""
+"""``edgewire deploy`` and ``edgewire models``: ship models (ONNX, TFLite) to agents over HTTP."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from edgewire.errors import (
     RemoteError,
     error_for_code,
 )
-from edgewire.serve.store import check_alias, check_name
+from edgewire.ports import DEFAULT_HTTP_PORT
+from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 
 CHUNK = 256 * 1024
 
@@ -67,7 +68,10 @@ def upload_model(
     timeout: float,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Upload one ONNX file to one agent; the agent checks, loads and serves it."""
+    """Upload one model file to one agent; the agent checks, loads and serves it.
+
+    The file's name goes along: the agent reads the format from the content and
+    refuses a name that contradicts it."""
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     size = model.stat().st_size
 
@@ -81,7 +85,7 @@ def upload_model(
     try:
         response = httpx.put(
             f"http://{host}:{port}/api/models/{name}",
-            params={"sha256": digest, "alias": alias},
+            params={"sha256": digest, "alias": alias, "filename": model.name},
             content=chunks(),
             headers={
                 **_headers(token),
@@ -96,12 +100,19 @@ def upload_model(
 
 
 def deploy_command(
-    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="The ONNX model file."),
+    model: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="The model file: .onnx, or .tflite (the agent needs edgewire[tflite]).",
+    ),
     to: str = typer.Option(
         ..., "--to", help="Agent HOST:HTTP_PORT, or several separated by commas."
     ),
     name: str = typer.Option(..., "--name", help="Model name on the agents."),
-    alias: str = typer.Option("production", "--alias", help="Alias that moves to the new version."),
+    alias: str = typer.Option(
+        DEFAULT_ALIAS, "--alias", help="Alias that moves to the new version."
+    ),
     token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
 ) -> None:
@@ -114,7 +125,7 @@ def deploy_command(
         table.add_column(column)
     failures: list[EdgewireError] = []
     for target in [t.strip() for t in to.split(",") if t.strip()]:
-        host, port = parse_address(target, default_port=8000)
+        host, port = parse_address(target, default_port=DEFAULT_HTTP_PORT)
         try:
             with Progress(
                 "[bold]" + target,
@@ -161,11 +172,11 @@ def _kind(error: EdgewireError) -> type[EdgewireError]:
 
 
 def models_command(
-    to: str = typer.Option("127.0.0.1:8000", "--to", help="Agent HOST:HTTP_PORT."),
+    to: str = typer.Option(f"127.0.0.1:{DEFAULT_HTTP_PORT}", "--to", help="Agent HOST:HTTP_PORT."),
     token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
 ) -> None:
     """List the models, versions and aliases of an agent."""
-    host, port = parse_address(to, default_port=8000)
+    host, port = parse_address(to, default_port=DEFAULT_HTTP_PORT)
     try:
         response = httpx.get(
             f"http://{host}:{port}/api/models", headers=_headers(token), timeout=30

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from edgewire.cli.common import console, parse_address, run
 from edgewire.errors import DataError, ModelError
+from edgewire.ports import DEFAULT_NATIVE_PORT
 
 
 def load_input(path: Path, info: dict[str, Any], scale: float) -> np.ndarray[Any, Any]:
@@ -70,11 +71,13 @@ def infer_command(
     files: list[Path] = typer.Argument(
         ..., exists=True, dir_okay=False, help="Images or .npy arrays."
     ),
-    to: str = typer.Option("127.0.0.1:7700", "--to", help="Agent HOST:PORT (native port)."),
+    to: str = typer.Option(
+        f"127.0.0.1:{DEFAULT_NATIVE_PORT}", "--to", help="Agent HOST:PORT (native port)."
+    ),
     model: str = typer.Option(..., "--model", help="Model name on the agent."),
     top: int = typer.Option(3, min=1, help="Classes to show per file."),
 ) -> None:
-    host, port = parse_address(to, default_port=7700)
+    host, port = parse_address(to, default_port=DEFAULT_NATIVE_PORT)
     rows = run(_infer(host, port, model, files, top))
     table = Table(title=f"{model} on {host}:{port}")
     for column in ("file", "prediction", "score", "queue ms", "compute ms"):

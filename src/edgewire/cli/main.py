@@ -16,12 +16,20 @@ from edgewire.cli.demo import demo_command
 from edgewire.cli.deploy import deploy_command, models_command
 from edgewire.cli.infer import infer_command
 from edgewire.cli.train import train_app
-from edgewire.errors import EXIT_CODES, EdgewireError
+from edgewire.errors import EXIT_CODES, EdgewireError, codes_by_exit_code
 
-# One code a line (the texts themselves contain ";", so no run-on list).
-_EPILOG = "\n".join(
-    ["Exit codes:"] + [f"  {code:>3}  {text.rstrip('.')}" for code, text in EXIT_CODES.items()]
-)
+
+def exit_code_lines() -> list[str]:
+    """One exit code a line, with the error codes that exit with it (the texts contain ";")."""
+    codes = codes_by_exit_code()
+    lines = ["Exit codes (and the error codes behind them):"]
+    for exit_code, text in EXIT_CODES.items():
+        names = ", ".join(codes.get(exit_code, []))
+        lines.append(f"  {exit_code:>3}  {names + ': ' if names else ''}{text.rstrip('.')}")
+    return lines
+
+
+_EPILOG = "\n".join(exit_code_lines())
 
 
 def _print_version(value: bool) -> None:
@@ -40,7 +48,7 @@ app = typer.Typer(
 )
 app.command("agent", help="Run the device agent (native port, HTTP, legacy ports).")(agent_command)
 app.command("demo", help="The end-to-end demo on loopback.")(demo_command)
-app.command("deploy", help="Upload an ONNX model to agents and serve it.")(deploy_command)
+app.command("deploy", help="Upload a model (ONNX, TFLite) to agents and serve it.")(deploy_command)
 app.command("models", help="List the models on an agent.")(models_command)
 app.command("infer", help="Run files through a model served by an agent.")(infer_command)
 app.command("bench", help="Load an agent with many concurrent clients.")(bench_command)

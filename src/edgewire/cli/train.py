@@ -12,6 +12,7 @@ from rich.table import Table
 from edgewire.cli.common import console, err_console, parse_address, run
 from edgewire.cli.progress import TrainDisplay
 from edgewire.errors import ConfigError, ConnectError, ProtocolError
+from edgewire.ports import DEFAULT_NATIVE_PORT
 from edgewire.train.choices import MODEL_NAMES, OPTIMIZERS
 from edgewire.train.stream_client import spec_for
 
@@ -50,7 +51,9 @@ def resume_hint(to: str, run_id: str) -> str:
 
 @train_app.command("stream", help="Stream a data set to an agent that trains on-device.")
 def stream_command(
-    to: str = typer.Option("127.0.0.1:7700", "--to", help="Agent HOST:PORT (native port)."),
+    to: str = typer.Option(
+        f"127.0.0.1:{DEFAULT_NATIVE_PORT}", "--to", help="Agent HOST:PORT (native port)."
+    ),
     data: str = typer.Option("mnist5k", help=DATA_HELP),
     model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5 or resnet_small."),
     batch_size: int = typer.Option(32, min=1, max=65536),
@@ -77,7 +80,7 @@ def stream_command(
 ) -> None:
     from edgewire.train.stream_client import StreamOptions, plan_for, stream_training
 
-    host, port = parse_address(to, default_port=7700)
+    host, port = parse_address(to, default_port=DEFAULT_NATIVE_PORT)
     check_choices(model=model, optimizer=optimizer)
     train, val = load_splits(
         data, val_fraction=val_fraction, limit=limit, image_size=image_size, seed=seed

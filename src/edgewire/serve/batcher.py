@@ -39,6 +39,7 @@ from edgewire.errors import (
     EdgewireError,
     ModelError,
     PeerTimeout,
+    one_line,
 )
 
 __all__ = ["BatchPolicy", "Batcher", "InferResult", "RunFn"]
@@ -479,6 +480,6 @@ def _compute(run: RunFn, batch: list[_Request]) -> list[InferResult]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return reason if len(reason) <= 200 else reason[:197] + "..."
+    # With the type name: "KeyError: 'x'" says more than "'x'".
+    name = type(exc).__name__
+    return f"{name}: {one_line(exc, limit=198 - len(name))}" if str(exc).strip() else name

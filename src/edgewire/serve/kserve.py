@@ -22,12 +22,13 @@ import reprlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import DataError, FrameTooLarge
+from edgewire.errors import DataError, FrameTooLarge, ProtocolError
+from edgewire.jsonsafe import loads_strict
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
@@ -196,21 +197,11 @@ class _BinaryPart:
         return chunk
 
 
-def _refuse_constant(token: str) -> NoReturn:
-    raise DataError(f"{token} is not a JSON number; tensor values must be finite")
-
-
 def _load_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"request JSON is not valid UTF-8 (bad byte at {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"request is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise DataError("request JSON is nested too deeply") from None
-    except ValueError:  # an integer literal past Python's digit limit
-        raise DataError("request JSON holds an integer with too many digits") from None
+        return loads_strict(raw, what="request")
+    except ProtocolError as exc:  # a body the peer got wrong is a DataError here, as the rest
+        raise DataError(exc.message) from None
 
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -535,3 +526,37 @@ def _names(names: Mapping[str, object]) -> str:
 
 def _json_name(value: Any) -> str:
     return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def model_config(
+    *,
+    name: str,
+    platform: str,
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    max_queue: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> dict[str, Any]:
+    """The ``GET /v2/models/{name}/config`` body, as Triton's model-configuration
+    extension writes it: with batching, ``dims`` leave out the batch dimension."""
+    batched = max_batch_size > 1
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        dims = _dims(spec)[1:] if batched else _dims(spec)
+        return {"name": spec.name, "data_type": "TYPE_" + _spec_datatype(spec), "dims": dims}
+
+    body: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "max_batch_size": max_batch_size if batched else 0,
+        "input": [tensor(spec) for spec in inputs],
+        "output": [tensor(spec) for spec in outputs],
+    }
+    if batched:
+        body["dynamic_batching"] = {
+            "preferred_batch_size": [max_batch_size],
+            "max_queue_delay_microseconds": round(max_queue_delay_ms * 1000),
+            "default_queue_policy": {"max_queue_size": max_queue},
+        }
+    return body

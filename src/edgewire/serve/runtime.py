@@ -1,112 +1,42 @@
-"""ONNX Runtime sessions: execution providers, warm-up on load, and atomic model swaps.
+"""Loaded models, whatever their format: input checks, warm-up on load, atomic swaps.
 
 :func:`load_model` gives a :class:`LoadedModel` only once the file matched its
-sha256, the session was created and every warm-up batch ran with outputs of the
-right shape; anything less is a ModelError and nothing half-loaded escapes.
-:class:`ModelHost` swaps the active model per name with one dict assignment, so
-a request that already holds the old model finishes on it.
+sha256, its backend (``serve/backends/``) opened it and every warm-up batch ran
+with outputs of the right shape; anything less is a ModelError and nothing
+half-loaded escapes. :class:`ModelHost` swaps the active model per name with
+one dict assignment, so a request that already holds the old model finishes on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
-import numpy.typing as npt
 
-from edgewire.errors import ConfigError, DataError, ModelError
-from edgewire.serve.store import ModelVersion, TensorInfo, verify_files
-
-#: The providers we pick, best first, when they are present.
-PROVIDER_ORDER = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
+from edgewire.errors import DataError, EdgewireError, ModelError, ModelNotFound
+from edgewire.serve.backends import backend
+from edgewire.serve.model import (
+    Array,
+    ModelVersion,
+    RuntimeOptions,
+    Session,
+    TensorInfo,
+    reason,
+    verify_files,
 )
-_SHORT_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 
-Array = npt.NDArray[Any]
-
-
-def available_providers() -> list[str]:
-    """The execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def pick_providers(preferred: Sequence[str] | None = None) -> list[str]:
-    """Providers for a session: TensorRT, CUDA, then CPU, those present.
-
-    ``preferred`` (full names, or ``tensorrt``/``cuda``/``cpu``) picks and orders
-    them instead; a name that is not available is a ConfigError.
-    """
-    available = available_providers()
-    if preferred is None:
-        return [p for p in PROVIDER_ORDER if p in available]
-    picked: list[str] = []
-    for raw in preferred:
-        name = _SHORT_NAMES.get(raw.lower(), raw)
-        if name not in available:
-            raise ConfigError(
-                f"execution provider {raw!r} is not available; available: {', '.join(available)}"
-            )
-        if name not in picked:
-            picked.append(name)
-    if not picked:
-        raise ConfigError(f"no execution provider chosen; available: {', '.join(available)}")
-    return picked
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RuntimeOptions:
-    """How sessions are built and warmed up."""
-
-    #: Threads inside one operator (0: onnxruntime's default, one per core).
-    intra_op_threads: int = 0
-    #: Let ONNX Runtime's threads spin between calls (lowest latency on idle cores).
-    spin: bool = False
-    #: Threads across operators; sequential execution uses one.
-    inter_op_threads: int = 1
-    #: Execution providers; None picks TensorRT, CUDA, CPU by what is present.
-    providers: tuple[str, ...] | None = None
-    #: Batch sizes run once at load, so the first real request pays no set-up cost.
-    warmup_batch_sizes: tuple[int, ...] = (1,)
-    #: Largest batch :meth:`LoadedModel.run` accepts.
-    max_batch_size: int = 64
-    #: Where TensorRT keeps built engines (building one takes minutes on a Jetson).
-    trt_cache_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ConfigError(
-                f"thread counts must be >= 0, got intra={self.intra_op_threads} "
-                f"inter={self.inter_op_threads}"
-            )
-        if self.max_batch_size < 1:
-            raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        bad = [b for b in self.warmup_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if bad:
-            raise ConfigError(
-                f"warm-up batch sizes {bad} are outside 1..max_batch_size={self.max_batch_size}"
-            )
+__all__ = ["LoadedModel", "ModelHost", "RuntimeOptions", "load_model"]
 
 
 class LoadedModel:
-    """A ready ONNX Runtime session for one model version. :meth:`run` is thread-safe."""
+    """A ready backend session for one model version, with its input checks."""
 
-    def __init__(self, version: ModelVersion, session: Any, *, max_batch_size: int) -> None:
+    def __init__(
+        self, version: ModelVersion, session: Session, *, max_batch_size: int, platform: str
+    ) -> None:
         self._version = version
         self._session = session
         self._max_batch = max_batch_size
@@ -114,6 +44,7 @@ class LoadedModel:
         self._outputs = version.outputs
         self._input_names = [t.name for t in version.inputs]
         self._output_names = [t.name for t in version.outputs]
+        self.platform = platform
 
     @property
     def version(self) -> ModelVersion:
@@ -137,8 +68,8 @@ class LoadedModel:
 
     @property
     def providers(self) -> list[str]:
-        """The providers the session really uses (a missing library drops one)."""
-        return list(self._session.get_providers())
+        """What the session really runs on (a missing library drops a provider)."""
+        return self._session.runs_on
 
     @property
     def max_batch_size(self) -> int:
@@ -152,10 +83,11 @@ class LoadedModel:
         """Run one (batched) call; DataError when ``inputs`` do not fit the model."""
         feed = self._check(inputs)
         try:
-            values = self._session.run(self._output_names, feed)
-        except Exception as exc:  # onnxruntime's own exception types are not public
+            return self._session.run(feed)
+        except EdgewireError:
+            raise
+        except Exception as exc:  # runtimes' own exception types are not public
             raise ModelError(f"inference failed: {_reason(exc, self._version)}") from None
-        return dict(zip(self._output_names, values, strict=True))
 
     def _check(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = sorted(set(inputs) - set(self._input_names))
@@ -191,46 +123,14 @@ class LoadedModel:
 def load_model(version: ModelVersion, options: RuntimeOptions) -> LoadedModel:
     """Verify, open and warm up ``version``; ModelError with a one-line reason on any failure."""
     verify_files(version)
-    providers = pick_providers(options.providers)
-    try:
-        session = _session(version, options, providers)
-    except Exception as exc:
-        raise ModelError(f"cannot load {_label(version)}: {_reason(exc, version)}") from None
-    names = [i.name for i in session.get_inputs()]
-    if sorted(names) != sorted(t.name for t in version.inputs):
-        raise ModelError(
-            f"{_label(version)}: the session's inputs {names} differ from its metadata"
-        )
-    loaded = LoadedModel(version, session, max_batch_size=options.max_batch_size)
+    chosen = backend(version.format)
+    session = chosen.load(version, options)
+    loaded = LoadedModel(
+        version, session, max_batch_size=options.max_batch_size, platform=chosen.platform
+    )
     for batch in options.warmup_batch_sizes:
         _warm_up(loaded, batch)
     return loaded
-
-
-def _session(version: ModelVersion, options: RuntimeOptions, providers: list[str]) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    if not options.spin:
-        # Spinning worker threads burn the cores the event loop needs to feed them;
-        # a server that shares its cores with its own I/O is faster without it.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    provider_options: list[dict[str, str]] = []
-    for name in providers:
-        opts: dict[str, str] = {}
-        if name == "TensorrtExecutionProvider" and options.trt_cache_dir is not None:
-            opts = {
-                "trt_engine_cache_enable": "1",
-                "trt_engine_cache_path": str(options.trt_cache_dir),
-            }
-        provider_options.append(opts)
-    return ort.InferenceSession(
-        str(version.model_path), so, providers=providers, provider_options=provider_options
-    )
 
 
 #: A warm-up batch bigger than this is refused: no request that large could be served.
@@ -288,15 +188,12 @@ def _show(shape: tuple[int | None, ...]) -> str:
 
 
 def _label(version: ModelVersion) -> str:
-    return f"model {version.name!r} version {version.version}"
+    return version.label
 
 
 def _reason(exc: BaseException, version: ModelVersion) -> str:
-    """One line from an onnxruntime error, with the server's paths taken out."""
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    line = line.replace(str(version.path), f"{version.name}/{version.version}")
-    return line if len(line) <= 300 else line[:297] + "..."
+    """One line from a runtime's error, with the server's paths taken out."""
+    return reason(exc, version.path, shown_as=f"{version.name}/{version.version}")
 
 
 class ModelHost:
@@ -334,7 +231,7 @@ class ModelHost:
             return self._active[name]
         except KeyError:
             loaded = ", ".join(sorted(self._active)) or "none"
-            raise ModelError(f"model {name!r} is not loaded (loaded: {loaded})") from None
+            raise ModelNotFound(f"model {name!r} is not loaded (loaded: {loaded})") from None
 
     def names(self) -> list[str]:
         return sorted(self._active)
@@ -342,4 +239,4 @@ class ModelHost:
     def unload(self, name: str) -> None:
         """Stop serving ``name``; requests holding it finish, then the session is freed."""
         if self._active.pop(name, None) is None:
-            raise ModelError(f"model {name!r} is not loaded")
+            raise ModelNotFound(f"model {name!r} is not loaded")

@@ -1,8 +1,9 @@
-"""The model store: versioned ONNX models with aliases, on disk, power-loss safe.
+"""The model store: versioned models with aliases, on disk, power-loss safe.
 
 Layout under ``root``::
 
-    <name>/versions/<N>/model.onnx     (+ its external data files, inside that folder)
+    <name>/versions/<N>/model.<suffix> (model.onnx, model.tflite; + companion files
+                                        such as ONNX external data, inside that folder)
     <name>/versions/<N>/meta.json      (the ModelVersion, without its path)
     <name>/aliases.json                {"aliases": {"production": N}, "history": {"production": [..]},
                                         "deleted_up_to": M}
@@ -12,8 +13,11 @@ deleted, so a number, once given to a model file, never names another one.
 
 A version is staged in a hidden folder next to ``versions/`` and renamed into
 place in one step, so a crash leaves either no version or a complete one.
-Nothing here unpickles anything: a model file is only ever parsed as protobuf.
-One process writes a store (the agent); threads inside it may share one.
+The store knows nothing of formats: a :class:`Formats` (by default the
+backends of ``serve/backends/``) tells it which backend a file's content
+belongs to, which companion files it needs and what tensors it declares.
+Nothing here unpickles anything. One process writes a store (the agent);
+threads inside it may share one.
 """
 
 from __future__ import annotations
@@ -28,15 +32,26 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from edgewire.errors import ConfigError, ModelError
+from edgewire.errors import ConfigError, ModelError, ModelNotFound
 from edgewire.fsutil import atomic_write_bytes, fsync_dir, sha256_file
+from edgewire.serve.model import Backend, ModelVersion, TensorInfo, verify_files
+
+__all__ = [
+    "DEFAULT_ALIAS",
+    "Formats",
+    "ModelStore",
+    "ModelVersion",
+    "TensorInfo",
+    "check_alias",
+    "check_name",
+    "verify_files",
+]
 
 #: Model names and aliases: one safe path component.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 ALIASES_FILE = "aliases.json"
 DEFAULT_ALIAS = "production"
@@ -46,6 +61,13 @@ HISTORY_LIMIT = 32
 _STAGING = ".staging-"
 _DELETING = ".deleting-"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_INCOMING = "incoming"
+
+
+class Formats(Protocol):
+    """Which backend a file belongs to (``serve.backends`` is one)."""
+
+    def detect(self, path: Path, *, name_hint: str | None = None) -> Backend: ...
 
 
 def check_name(value: str, *, what: str = "model name") -> str:
@@ -66,218 +88,6 @@ def check_alias(value: str) -> str:
     return value
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TensorInfo:
-    """One model input or output: name, numpy dtype name, shape (None = dynamic)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TensorInfo:
-        shape = tuple(None if d is None else int(d) for d in data["shape"])
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelVersion:
-    """One stored version of a model and what a server needs to know about it."""
-
-    name: str
-    version: int
-    path: Path
-    file: str = MODEL_FILE
-    sha256: str
-    size: int
-    created: float
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    labels: tuple[str, ...] | None = None
-    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: sha256 of each external data file, by its location relative to ``path``.
-    external: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / self.file
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; leaves out ``path`` so that no server path reaches a peer."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "file": self.file,
-            "sha256": self.sha256,
-            "size": self.size,
-            "created": self.created,
-            "inputs": [t.to_dict() for t in self.inputs],
-            "outputs": [t.to_dict() for t in self.outputs],
-            "labels": None if self.labels is None else list(self.labels),
-            "preprocessing": dict(self.preprocessing),
-            "external": dict(self.external),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: Path) -> ModelVersion:
-        labels = data.get("labels")
-        return cls(
-            name=str(data["name"]),
-            version=int(data["version"]),
-            path=Path(path),
-            file=str(data.get("file", MODEL_FILE)),
-            sha256=str(data["sha256"]),
-            size=int(data["size"]),
-            created=float(data["created"]),
-            inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
-            outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
-            labels=None if labels is None else tuple(str(x) for x in labels),
-            preprocessing=dict(data.get("preprocessing") or {}),
-            external={str(k): str(v) for k, v in (data.get("external") or {}).items()},
-        )
-
-
-def verify_files(version: ModelVersion) -> None:
-    """Recompute the sha256 of the model file (and its external data); ModelError on mismatch."""
-    files = [(version.file, version.sha256), *version.external.items()]
-    for rel, expected in files:
-        path = version.path / rel
-        try:
-            got = sha256_file(path)
-        except OSError as exc:
-            raise ModelError(
-                f"{version.name} v{version.version}: cannot read {rel}: {exc.strerror}"
-            ) from None
-        if got != expected:
-            raise ModelError(
-                f"{version.name} v{version.version}: sha256 mismatch in {rel}: "
-                f"expected {expected}, got {got}"
-            )
-
-
-# -- ONNX inspection -------------------------------------------------------------------
-
-
-def _all_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto in a graph: initializers, attributes, and those of subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Any) -> Iterator[Any]:
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
-
-
-def _external_locations(model: Any) -> list[str]:
-    import onnx
-
-    locations: list[str] = []
-    function_tensors = (t for f in model.functions for t in _node_tensors(f.node))
-    for tensor in (*_all_tensors(model.graph), *function_tensors):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location")
-        if not location:
-            raise ModelError(f"tensor {tensor.name!r} has external data without a location")
-        if location not in locations:
-            locations.append(location)
-    return locations
-
-
-def _check_location(location: str, folder: Path) -> Path:
-    """The file that ``location`` names inside ``folder``; ModelError if it escapes."""
-    escapes = ModelError(f"external data {location!r} escapes the model folder")
-    parts = PurePosixPath(location.replace("\\", "/")).parts
-    if (
-        "\x00" in location
-        or PurePosixPath(location).is_absolute()
-        or PureWindowsPath(location).is_absolute()
-        or PureWindowsPath(location).drive
-        or ".." in parts
-    ):
-        raise escapes
-    if not parts or parts[0] in (MODEL_FILE, META_FILE):
-        raise ModelError(f"external data location {location!r} is not allowed")
-    base = folder.resolve()
-    target = (base / location).resolve()  # follows symlinks, so a link outside is caught
-    if not target.is_relative_to(base):
-        raise escapes
-    if not target.is_file():
-        raise ModelError(f"external data {location!r} does not exist next to the model")
-    return target
-
-
-def _tensor_info(value: Any) -> TensorInfo:
-    from onnx import helper
-
-    kind = value.type.WhichOneof("value")
-    if kind != "tensor_type":
-        raise ModelError(f"{value.name!r} is a {kind}, not a tensor; only tensors are served")
-    tensor_type = value.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        raise ModelError(f"{value.name!r} has no known rank; export the model with shapes")
-    try:
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-    except (KeyError, ValueError):
-        raise ModelError(f"{value.name!r} has an unsupported element type") from None
-    shape = tuple(
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in tensor_type.shape.dim
-    )
-    return TensorInfo(name=value.name, dtype=dtype, shape=shape)
-
-
-def _parse(path: Path) -> Any:
-    """The ModelProto in ``path`` (external data not loaded); ModelError if it is not one."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types on bad bytes
-        raise ModelError(f"not an ONNX model: {_one_line(exc)}") from None
-    if not model.HasField("graph") or not model.opset_import:
-        raise ModelError("not an ONNX model: it has no graph or no opset")
-    return model
-
-
-def _check(model: Any, path: Path) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
-    """Run the ONNX checker on ``path`` (its external data beside it); (inputs, outputs)."""
-    import onnx
-
-    try:
-        # By path, so that external data resolves against the model's own folder
-        # (a ModelProto would resolve it against the working directory).
-        onnx.checker.check_model(str(path))
-    except Exception as exc:
-        raise ModelError(f"invalid ONNX model: {_one_line(exc)}") from None
-    try:
-        # Shape inference fills in output shapes that the file leaves out.
-        graph = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # custom ops and the like: keep the shapes the file declares
-        graph = model.graph
-    weights = {t.name for t in graph.initializer}
-    inputs = tuple(_tensor_info(v) for v in graph.input if v.name not in weights)
-    outputs = tuple(_tensor_info(v) for v in graph.output)
-    if not inputs or not outputs:
-        raise ModelError("the model has no inputs or no outputs")
-    return inputs, outputs
-
-
 @contextlib.contextmanager
 def _disk_errors(what: str) -> Iterator[None]:
     """An OSError (disk full, read-only, ...) as a ModelError that names no path."""
@@ -285,12 +95,6 @@ def _disk_errors(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise ModelError(f"cannot {what}: {exc.strerror or type(exc).__name__}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _copy_synced(src: Path, dst: Path, *, limit: int) -> int:
@@ -317,9 +121,14 @@ def _copy_synced(src: Path, dst: Path, *, limit: int) -> int:
 class ModelStore:
     """Versioned models under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, formats: Formats | None = None) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        if formats is None:
+            from edgewire.serve import backends
+
+            formats = backends
+        self._formats = formats
 
     # -- reading -----------------------------------------------------------------------
 
@@ -345,7 +154,7 @@ class ModelStore:
             found = ModelVersion.from_dict(data, path=folder)
         except FileNotFoundError:
             known = ", ".join(map(str, self._version_numbers(name))) or "none"
-            raise ModelError(
+            raise ModelNotFound(
                 f"model {name!r} version {version} not found (versions: {known})"
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -363,10 +172,8 @@ class ModelStore:
         """The version ``ref`` names: an alias, a number (or its string); default:
         the ``production`` alias, else the latest version."""
         check_name(name)
+        self._require(name)
         numbers = self._version_numbers(name)
-        if not numbers:
-            known = ", ".join(self.names()) or "none"
-            raise ModelError(f"model {name!r} not found (models: {known})")
         aliases = self.aliases(name)
         if ref is None:
             if DEFAULT_ALIAS in aliases:
@@ -377,7 +184,7 @@ class ModelStore:
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
             return self.get(name, int(ref))
         known = ", ".join(sorted(aliases)) or "none"
-        raise ModelError(f"alias {ref!r} of model {name!r} not found (aliases: {known})")
+        raise ModelNotFound(f"alias {ref!r} of model {name!r} not found (aliases: {known})")
 
     def verify(self, version: ModelVersion) -> None:
         """Recompute sha256 of the stored files; ModelError on bit rot or tampering."""
@@ -394,8 +201,13 @@ class ModelStore:
         labels: Sequence[str] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        file_name: str | None = None,
     ) -> ModelVersion:
-        """Store ``source`` (and its external data) as the next version of ``name``."""
+        """Store ``source`` (and its companion files) as the next version of ``name``.
+
+        ``file_name`` is the name the file came with (default: ``source``'s): a
+        suffix of a known format that its content contradicts is refused.
+        """
         check_name(name)
         source = Path(source)
         expected = _expected_sha256(sha256)
@@ -420,7 +232,14 @@ class ModelStore:
             staging = model_dir / f"{_STAGING}{os.getpid()}-{secrets.token_hex(6)}"
             staging.mkdir()
             try:
-                version = self._stage(name, source, staging, expected=expected, max_bytes=max_bytes)
+                version = self._stage(
+                    name,
+                    source,
+                    staging,
+                    expected=expected,
+                    max_bytes=max_bytes,
+                    file_name=file_name or source.name,
+                )
                 retired = self._read_aliases(name)["deleted_up_to"]
                 number = max([*self._version_numbers(name), retired]) + 1
                 final = self._versions_dir(name) / str(number)
@@ -437,41 +256,49 @@ class ModelStore:
             return version
 
     def _stage(
-        self, name: str, source: Path, staging: Path, *, expected: str | None, max_bytes: int
+        self,
+        name: str,
+        source: Path,
+        staging: Path,
+        *,
+        expected: str | None,
+        max_bytes: int,
+        file_name: str,
     ) -> ModelVersion:
         """Copy ``source`` into ``staging`` and check the copy (what gets stored is
         what was checked, even if ``source`` changes meanwhile)."""
-        staged = staging / MODEL_FILE
-        size = _copy_synced(source, staged, limit=max_bytes)
-        digest = sha256_file(staged)
+        incoming = staging / _INCOMING
+        size = _copy_synced(source, incoming, limit=max_bytes)
+        digest = sha256_file(incoming)
         if expected is not None and digest != expected:
             raise ModelError(f"sha256 mismatch: expected {expected}, got {digest}")
-        model = _parse(staged)
+        backend = self._formats.detect(incoming, name_hint=file_name)
+        staged = staging / f"model{backend.suffix}"
+        os.rename(incoming, staged)
         external: dict[str, str] = {}
         total = size
         folders = {staging}
-        for location in _external_locations(model):
-            # Checked against the source folder, where the data really is.
-            src = _check_location(location, source.parent)
-            rel = PurePosixPath(location).as_posix()  # "./w.bin" and "w.bin" are one file
-            if rel in external:
-                continue
+        # Checked against the source folder, where the companions really are.
+        for rel in backend.companions(staged, source_dir=source.parent):
             dst = staging / rel
-            total += _copy_synced(src, dst, limit=max_bytes - total)
+            total += _copy_synced(source.parent / rel, dst, limit=max_bytes - total)
             external[rel] = sha256_file(dst)
             folders.update(p for p in dst.parents if p.is_relative_to(staging))
-        inputs, outputs = _check(model, staged)
+        info = backend.inspect(staged)
         for folder in sorted(folders, reverse=True):  # deepest first
             fsync_dir(folder)
         return ModelVersion(
             name=name,
             version=0,
             path=staging,
+            format=backend.name,
+            file=staged.name,
             sha256=digest,
             size=size,
             created=time.time(),
-            inputs=inputs,
-            outputs=outputs,
+            inputs=info.inputs,
+            outputs=info.outputs,
+            metadata=info.metadata,
             external=external,
         )
 
@@ -496,6 +323,7 @@ class ModelStore:
         check_name(name)
         check_name(alias, what="alias")
         with self._lock:
+            self._require(name)
             data = self._read_aliases(name)
             history = data["history"].get(alias, [])
             if not history:
@@ -535,6 +363,11 @@ class ModelStore:
             shutil.rmtree(trash, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _require(self, name: str) -> None:
+        if not self._version_numbers(name):
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFound(f"model {name!r} not found (models: {known})")
 
     def _versions_dir(self, name: str) -> Path:
         return self.root / name / "versions"

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgewire.errors import FrameTooLarge, ProtocolError
+from edgewire.jsonsafe import loads_strict
 
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -118,16 +119,6 @@ class _Reader:
         return len(self._data) - self._pos
 
 
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON: refusing them here keeps every meta re-encodable.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
 def decode_message(payload: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Parse a payload; tensors are read-only views of ``payload``."""
     reader = _Reader(payload)
@@ -135,12 +126,8 @@ def decode_message(payload: bytes | memoryview, limits: Limits = DEFAULT_LIMITS)
     if meta_len > limits.max_meta:
         raise FrameTooLarge(f"meta of {meta_len} bytes is over the maximum {limits.max_meta}")
     raw_meta = reader.take(meta_len, "meta")
-    try:
-        meta = json.loads(bytes(raw_meta), parse_constant=_no_constant) if meta_len else {}
-    except RecursionError:
-        raise ProtocolError("meta is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, over-long integers
-        raise ProtocolError(f"meta is not valid UTF-8 JSON: {_first_line(exc)}") from None
+    # Strict, so that every meta accepted can be sent back (a PING echoes it).
+    meta = loads_strict(bytes(raw_meta), what="meta") if meta_len else {}
     if not isinstance(meta, dict):
         raise ProtocolError(f"meta must be a JSON object, got {type(meta).__name__}")
     (count,) = reader.unpack(_U16, "tensor count")

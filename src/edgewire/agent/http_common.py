@@ -1,0 +1,95 @@
+"""What the agent's HTTP routes share: error answers, capped body reads, the management check.
+
+A leaf of ``agent/``: the inference routes (``http.py``) and the management
+routes (``management.py``) both import it, and it imports neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgewire.config import AgentConfig, is_loopback
+from edgewire.errors import AuthError, EdgewireError, FrameTooLarge, PeerTimeout, ProtocolError
+from edgewire.serve import kserve
+
+BODY_CHUNK_TIMEOUT = 10.0
+
+
+def error_response(exc: EdgewireError, *, status: int | None = None) -> Response:
+    """The JSON error body for ``exc``, with the HTTP status its class carries."""
+    code = status or exc.http_status
+    headers = {"Retry-After": "1"} if code == 503 else None
+    return Response(
+        kserve.error_body(exc.message, exc.code),
+        status_code=code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def iter_body(
+    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
+) -> AsyncIterator[bytes]:
+    """The request body in chunks, refused past ``cap`` bytes, when a chunk takes over
+    ``timeout`` s, or when the whole body takes over ``total`` s."""
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding not in ("", "identity"):
+        # No decompression at all: a 1 kB gzip bomb cannot become 10 GB here.
+        raise ProtocolError(
+            f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ProtocolError(f"bad Content-Length {declared!r}") from None
+        if size > cap:
+            raise FrameTooLarge(f"body of {size} bytes is over the limit of {cap}")
+    received = 0
+    loop = asyncio.get_running_loop()
+    give_up = None if total is None else loop.time() + total
+    stream = request.stream().__aiter__()
+    while True:
+        wait = timeout if give_up is None else min(timeout, give_up - loop.time())
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if give_up is not None and loop.time() >= give_up:
+                raise PeerTimeout(f"request body took over {total:g} s") from None
+            raise PeerTimeout(f"request body stalled for {timeout:g} s") from None
+        received += len(chunk)
+        if received > cap:
+            raise FrameTooLarge(f"body is over the limit of {cap} bytes")
+        yield chunk
+
+
+async def read_body(
+    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
+) -> bytes:
+    chunks = iter_body(request, cap=cap, timeout=timeout, total=total)
+    return b"".join([chunk async for chunk in chunks])
+
+
+def check_management(config: AgentConfig, request: Request) -> None:
+    """Management needs the token; with none configured, only loopback callers."""
+    token = config.token
+    if token:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise AuthError("a valid 'Authorization: Bearer <token>' header is required")
+        return
+    client = request.client.host if request.client else ""
+    if not is_loopback(client):
+        raise AuthError("management from other hosts needs the agent to run with --token")

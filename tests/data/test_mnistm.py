@@ -53,3 +53,10 @@ def test_named_sets_load_with_labels_of_the_digits() -> None:
     assert data.x.shape == (50, 3, 32, 32) and data.name == "mnistm32"
     np.testing.assert_array_equal(data.y, digits.y)
     assert data.classes == digits.classes
+    # A limit blends only what it keeps, and keeps the images the whole set has.
+    from edgewire.data.datasets import stratified_order
+    from edgewire.data.mnistm import blend
+
+    every = load_dataset("mnist5k")
+    ids = np.sort(stratified_order(every.y)[:50])
+    np.testing.assert_array_equal(data.x[:5], blend(every.x[ids[:5]], size=32, ids=ids[:5]))

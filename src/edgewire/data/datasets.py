@@ -163,7 +163,10 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
         raise ConfigError(f"limit must be at least 1, got {limit!r}")
     if image_size is not None and image_size < 1:
         raise ConfigError(f"image_size must be at least 1, got {image_size!r}")
-    data = _load(spec, image_size=image_size)
+    if spec in _BLENDED:  # blends only the digits the limit keeps
+        data = _mnistm(_BLENDED[spec], limit)
+    else:
+        data = _load(spec, image_size=image_size)
     if limit is not None:
         data = data.subset(limit)
     if image_size is not None and data.shape[1:] != (image_size, image_size):
@@ -215,22 +218,24 @@ def _load_digits() -> Dataset:
     return Dataset(x=images, y=labels, classes=classes, name="digits")
 
 
-def _mnistm(size: int) -> Callable[[], Dataset]:
-    def load() -> Dataset:
-        from edgewire.data.mnistm import blend
+def _mnistm(size: int, limit: int | None = None) -> Dataset:
+    """MNIST-M of the MNIST-5k digits; with ``limit``, only that subset is blended."""
+    from edgewire.data.mnistm import blend
 
-        digits = _load_mnist5k()
-        x = blend(digits.x, size=size)
-        return Dataset(x=x, y=digits.y, classes=digits.classes, name=f"mnistm{size}")
+    digits = _load_mnist5k()
+    ids = np.arange(len(digits))
+    if limit is not None and limit < len(digits):
+        ids = np.sort(stratified_order(digits.y)[:limit])
+    x = blend(digits.x[ids], size=size, ids=ids)
+    return Dataset(x=x, y=digits.y[ids], classes=digits.classes, name=f"mnistm{size}")
 
-    return load
+
+_BLENDED = {"mnistm32": 32, "mnistm64": 64}
 
 
 _NAMED: dict[str, Callable[[], Dataset]] = {
     "mnist5k": _load_mnist5k,
     "digits": _load_digits,
-    "mnistm32": _mnistm(32),
-    "mnistm64": _mnistm(64),
 }
 
 

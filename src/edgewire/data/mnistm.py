@@ -63,14 +63,21 @@ def blend(
     size: int,
     seed: int = DEFAULT_SEED,
     photos: list[NDArray[np.uint8]] | None = None,
+    ids: NDArray[np.intp] | None = None,
 ) -> NDArray[np.uint8]:
-    """MNIST-M images (N×3×size×size) of ``digits`` (N×1×H×W uint8)."""
+    """MNIST-M images (N×3×size×size) of ``digits`` (N×1×H×W uint8).
+
+    Sample ``i`` draws its background from a generator seeded with (seed, ids[i])
+    (``ids`` default: 0..N-1), so a subset of the digits, given their ids, gets the
+    very images the whole set has.
+    """
     if not 8 <= size <= 512:
         raise ConfigError(f"MNIST-M image size must be in 8..512, got {size!r}")
     photos = photographs() if photos is None else photos
-    rng = np.random.default_rng(seed)
+    ids = np.arange(len(digits)) if ids is None else ids
     out = np.empty((len(digits), 3, size, size), dtype=np.uint8)
     for i, digit in enumerate(digits):
+        rng = np.random.default_rng([seed, int(ids[i])])
         photo = photos[int(rng.integers(len(photos)))]
         h, w = photo.shape[:2]
         side = int(rng.integers(size, max(size + 1, min(h, w) // 2)))

@@ -19,6 +19,7 @@ The last line printed is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ import onnxruntime as ort
 from rich.console import Console
 
 from edgewire.bench.loadgen import LoadResult, LoadSpec, run_load
+from edgewire.bench.procs import process_group, sigterm_as_exit
 from edgewire.bench.report import json_line, markdown_table, print_table, write_section
 from edgewire.bench.seed_stress import run_burst
 from edgewire.bench.spawn import SpawnedAgent
@@ -142,31 +145,26 @@ def seed_burst(model: Path, burst: Burst, clients: int, timeout: float) -> tuple
             proc.kill()
 
 
-def start_litserve(
-    model: Path, port: int, max_batch: int, delay_s: float
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "litserve_app.py"),
-            str(model),
-            str(port),
-            str(max_batch),
-            str(delay_s),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("LitServe did not start")
+@contextlib.contextmanager
+def litserve_server(model: Path, port: int, max_batch: int, delay_s: float) -> Iterator[None]:
+    """LitServe on ``port`` until the block ends; then it and its workers are stopped
+    (its own process group: stopping only the server left the workers running)."""
+    with process_group(
+        [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model), str(port),
+         str(max_batch), str(delay_s)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ) as proc:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"LitServe did not start (exit code {proc.poll()})")
+        yield
 
 
 def free_port() -> int:
@@ -255,12 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"HTTP (KServe v2 JSON), {args.http_clients} clients: {http.rps:,.0f} req/s, p99 {http.percentile(99):.1f} ms"
             )
         port = free_port()
-        lit = start_litserve(model, port, max_batch, delay_ms / 1000)
-        try:
+        with litserve_server(model, port, max_batch, delay_ms / 1000):
             litserve = load(port, "http", args.http_clients, seconds, http_format="litserve")
-        finally:
-            lit.terminate()
-            lit.wait(30)
         console.print(
             f"LitServe, {args.http_clients} clients: {litserve.rps:,.0f} req/s, p99 {litserve.percentile(99):.1f} ms"
         )
@@ -331,4 +325,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_as_exit():  # SIGTERM runs the clean-ups, as Ctrl-C does
+        sys.exit(main())

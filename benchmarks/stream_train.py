@@ -31,6 +31,7 @@ from rich.console import Console
 from edgewire.bench.jettylink import send_jettylink
 from edgewire.bench.linkcheck import measure_link
 from edgewire.bench.linkemu import LinkEmulatorThread, LinkSpec
+from edgewire.bench.procs import sigterm_as_exit
 from edgewire.bench.report import json_line, markdown_table, print_table, write_section
 from edgewire.bench.spawn import SpawnedAgent
 from edgewire.data.datasets import Dataset, load_dataset
@@ -205,4 +206,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_as_exit():  # SIGTERM stops the agent, as Ctrl-C does
+        sys.exit(main())

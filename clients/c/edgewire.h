@@ -40,6 +40,8 @@ typedef char ew_float_must_be_32_bits[(sizeof(float) == 4) ? 1 : -1];
 
 #define EW_HEADER_SIZE 20u
 #define EW_VERSION 1u
+#define EW_MSG_HELLO 1u
+#define EW_MSG_CAPABILITIES 2u
 #define EW_MSG_ERROR 5u
 #define EW_MSG_INFER_REQUEST 16u
 #define EW_MSG_INFER_RESPONSE 17u
@@ -47,6 +49,8 @@ typedef char ew_float_must_be_32_bits[(sizeof(float) == 4) ? 1 : -1];
 #define EW_MAX_NDIM 8u       /* protocol limit on dimensions per tensor */
 #define EW_MAX_TENSORS 64u   /* protocol limit on tensors per message */
 #define EW_MAX_MODEL_NAME 64 /* the agent's model names are 1-64 characters */
+#define EW_MAX_TOKEN 256     /* the longest token ew_hello sends */
+#define EW_MAX_CAPABILITIES (1u << 20) /* the largest HELLO answer skipped */
 
 /* Return codes: 0 is success, every failure is negative. */
 #define EW_OK 0
@@ -175,6 +179,45 @@ static inline size_t ew_build_infer_request(uint8_t *out, size_t cap, uint32_t r
     if (n == 0 || input == NULL || data_bytes > cap - n) return 0;
     for (i = 0; i < data_bytes / 4u; i++) ew_put_f32(out + n + 4u * i, input[i]);
     n += data_bytes;
+    ew_put_u32(out + 16, ew_crc32(out + EW_HEADER_SIZE, n - EW_HEADER_SIZE, 0));
+    return n;
+}
+
+/* The HELLO frame that gives the agent its token (an agent with a token
+ * answers inference only on a connection that sent it). The token must be
+ * printable ASCII without quotes or backslashes (no JSON escaping here).
+ * Returns the frame's length, or 0 if it does not fit `cap` or the token is bad. */
+static inline size_t ew_build_hello(uint8_t *out, size_t cap, uint32_t request_id,
+                                    const char *token) {
+    static const char json_open[] = "{\"client\":\"c\",\"token\":\"";
+    size_t token_len, meta_len, n, i;
+    if (out == NULL || token == NULL) return 0;
+    token_len = strlen(token);
+    if (token_len == 0 || token_len > EW_MAX_TOKEN) return 0;
+    for (i = 0; i < token_len; i++) {
+        unsigned char c = (unsigned char)token[i];
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') return 0;
+    }
+    meta_len = sizeof(json_open) - 1 + token_len + 2;
+    n = EW_HEADER_SIZE + 4 + meta_len + 2;
+    if (n > cap) return 0;
+    out[0] = 'E';
+    out[1] = 'W';
+    out[2] = EW_VERSION;
+    out[3] = EW_MSG_HELLO;
+    memset(out + 4, 0, 4); /* flags, reserved */
+    ew_put_u32(out + 8, request_id);
+    ew_put_u32(out + 12, (uint32_t)(n - EW_HEADER_SIZE));
+    ew_put_u32(out + 20, (uint32_t)meta_len);
+    i = 24;
+    memcpy(out + i, json_open, sizeof(json_open) - 1);
+    i += sizeof(json_open) - 1;
+    memcpy(out + i, token, token_len);
+    i += token_len;
+    out[i++] = '"';
+    out[i++] = '}';
+    out[i++] = 0; /* no tensors */
+    out[i++] = 0;
     ew_put_u32(out + 16, ew_crc32(out + EW_HEADER_SIZE, n - EW_HEADER_SIZE, 0));
     return n;
 }
@@ -505,6 +548,48 @@ static inline int ew_infer(ew_client *c, const char *model, const float *input,
         ew_parse_error(c->buf, EW_HEADER_SIZE + plen, c->error_code, sizeof(c->error_code),
                        c->error, sizeof(c->error));
     return rc;
+}
+
+/* Gives the agent its token: call once after connecting, before ew_infer.
+ * The agent's CAPABILITIES answer is read through the client's buffer in
+ * pieces and dropped (it may be longer than the buffer). A wrong token is
+ * EW_ERR_REMOTE with c->error_code "auth"; the agent then closes the
+ * connection. */
+static inline int ew_hello(ew_client *c, const char *token) {
+    uint8_t frame[EW_HEADER_SIZE + 40 + EW_MAX_TOKEN];
+    uint32_t id = c->next_id, got_id, plen, crc, seen = 0, missing, start = 0;
+    uint8_t type;
+    size_t n = ew_build_hello(frame, sizeof(frame), id, token);
+    int rc;
+    c->error_code[0] = '\0';
+    c->error[0] = '\0';
+    if (n == 0) return EW_ERR_ARG;
+    c->next_id = id == 0xffffffffu ? 1 : id + 1;
+    rc = ewi_send_all(&c->io, frame, n);
+    if (rc != EW_OK) return rc;
+    if (c->io.now_ms != NULL) start = c->io.now_ms();
+    rc = ewi_recv_exact(&c->io, c->buf, EW_HEADER_SIZE, start);
+    if (rc != EW_OK) return rc;
+    rc = ew_parse_header(c->buf, &type, &got_id, &plen, &crc);
+    if (rc != EW_OK) return rc;
+    if (type == EW_MSG_ERROR) {
+        if (plen > sizeof(c->buf) - EW_HEADER_SIZE) return EW_ERR_TOO_LARGE;
+        rc = ewi_recv_exact(&c->io, c->buf + EW_HEADER_SIZE, plen, start);
+        if (rc != EW_OK) return rc;
+        rc = ew_parse_error(c->buf, EW_HEADER_SIZE + plen, c->error_code, sizeof(c->error_code),
+                            c->error, sizeof(c->error));
+        return rc == EW_OK ? EW_ERR_REMOTE : rc;
+    }
+    if (type != EW_MSG_CAPABILITIES || got_id != id) return EW_ERR_UNEXPECTED;
+    if (plen > EW_MAX_CAPABILITIES) return EW_ERR_TOO_LARGE;
+    for (missing = plen; missing > 0;) {
+        uint32_t k = missing < sizeof(c->buf) ? missing : (uint32_t)sizeof(c->buf);
+        rc = ewi_recv_exact(&c->io, c->buf, k, start);
+        if (rc != EW_OK) return rc;
+        seen = ew_crc32(c->buf, k, seen);
+        missing -= k;
+    }
+    return seen == crc ? EW_OK : EW_ERR_CRC;
 }
 
 /* A short English name for a return code. */

@@ -4,7 +4,7 @@
     import edgewire_client
     outputs, compute_ms = edgewire_client.infer("192.168.1.10", 7700, "mnist", digit)
 
-    with edgewire_client.Client("192.168.1.10", 7700) as client:
+    with edgewire_client.Client("192.168.1.10", 7700, token="...") as client:
         for digit in digits:
             outputs, compute_ms = client.infer("mnist", digit)
 
@@ -32,6 +32,8 @@ except ImportError:  # ports built without it
     _fast_crc32 = None  # type: ignore[assignment]
 
 HEADER_SIZE = 20
+MSG_HELLO = 1
+MSG_CAPABILITIES = 2
 MSG_ERROR = 5
 MSG_INFER_REQUEST = 16
 MSG_INFER_RESPONSE = 17
@@ -40,6 +42,9 @@ MAX_NDIM = 8
 MAX_TENSORS = 64
 #: The largest answer payload read by default: ample for 10 outputs and an error text.
 DEFAULT_MAX_PAYLOAD = 8192
+#: The largest CAPABILITIES answer to a HELLO; it is read in small pieces and
+#: thrown away (only an ERROR, a wrong token, is kept), so this costs no memory.
+MAX_CAPABILITIES = 1 << 20
 _DTYPE_SIZES = (0, 1, 1, 4, 8, 2, 4, 8, 1, 2, 2)
 # Byte values as ints: `int in bytes` is not portable to every MicroPython.
 _SPACE = (32, 9, 13, 10)
@@ -104,10 +109,28 @@ def crc32(data: bytes, crc: int = 0) -> int:
 # -- codec (no I/O) -------------------------------------------------------------------
 
 
+def _plain(text: str, limit: int) -> bool:
+    # The meta JSON is written by hand, so values must not need escaping.
+    return 0 < len(text) <= limit and not any(not " " <= ch <= "~" or ch in '"\\' for ch in text)
+
+
 def _check_model(model: str) -> None:
-    # The meta JSON is written by hand, so names must not need escaping.
-    if not 0 < len(model) <= 64 or any(not " " <= ch <= "~" or ch in '"\\' for ch in model):
+    if not _plain(model, 64):
         raise ValueError("model name must be 1-64 printable ASCII characters: %r" % (model,))
+
+
+def encode_hello(request_id: int, token: str) -> bytes:
+    """The HELLO frame that gives the agent its token (needed when the agent has one)."""
+    if not _plain(token, 1024):
+        raise ValueError("the token must be 1-1024 printable ASCII characters without quotes")
+    payload = encode_meta('{"client":"micropython","token":"%s"}' % token)
+    return encode_header(MSG_HELLO, request_id, payload) + payload
+
+
+def encode_meta(meta: str) -> bytes:
+    """A payload of meta JSON and no tensors."""
+    data = meta.encode()
+    return struct.pack("<I", len(data)) + data + struct.pack("<H", 0)
 
 
 def encode_request(request_id: int, model: str, floats: "list[float] | tuple[float, ...]") -> bytes:
@@ -299,7 +322,11 @@ class Client:
         timeout: float = 5,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_outputs: int = 1024,
+        token: "str | None" = None,
     ) -> None:
+        """Connect; with ``token``, say HELLO with it first (an agent with a token
+        answers inference only after that). A wrong token raises RemoteError
+        (``remote_code`` ``auth``) and the agent closes the connection."""
         self._max_payload = max_payload
         self._max_outputs = max_outputs
         self._next_id = 1
@@ -322,6 +349,12 @@ class Client:
                 error = exc
                 continue
             self._sock = sock
+            if token:
+                try:
+                    self.hello(token)
+                except Exception:
+                    sock.close()
+                    raise
             return
         raise ConnectError("cannot connect to %s:%d: %s" % (host, port, error))
 
@@ -343,8 +376,7 @@ class Client:
         (the connection stays usable); after ProtocolError or ConnectError,
         close the client.
         """
-        request_id = self._next_id
-        self._next_id = request_id % 0xFFFFFFFF + 1  # a u32, never 0
+        request_id = self._take_id()
         frame = encode_request(request_id, model, floats)
         try:
             self._sock.sendall(frame)
@@ -359,6 +391,37 @@ class Client:
             raise ProtocolError("answer to request %d, expected %d" % (answer_id, request_id))
         return decode_response(msg_type, payload, self._max_outputs)
 
+    def _take_id(self) -> int:
+        request_id = self._next_id
+        self._next_id = request_id % 0xFFFFFFFF + 1  # a u32, never 0
+        return request_id
+
+    def hello(self, token: str) -> None:
+        """Give the agent its token; the agent's capabilities are read and dropped."""
+        request_id = self._take_id()
+        try:
+            self._sock.sendall(encode_hello(request_id, token))
+            header = self._read(HEADER_SIZE)
+            msg_type, _, length, crc = decode_header(header, MAX_CAPABILITIES)
+            if msg_type != MSG_CAPABILITIES:
+                if length > self._max_payload:
+                    raise ProtocolError("answer of %d bytes is over the limit" % length)
+                payload = self._read(length)
+                if crc32(payload) != crc:
+                    raise ProtocolError("answer fails its CRC-32 check")
+                decode_response(msg_type, payload, 0)  # raises RemoteError for an ERROR
+                raise ProtocolError("expected CAPABILITIES, got message type %d" % msg_type)
+            seen = 0
+            missing = length
+            while missing > 0:  # in small pieces: the model list may be long
+                chunk = self._read(min(missing, 512))
+                seen = crc32(chunk, seen)
+                missing -= len(chunk)
+        except OSError as exc:
+            raise ConnectError("connection to the agent failed: %s" % (exc,)) from exc
+        if seen != crc:
+            raise ProtocolError("answer fails its CRC-32 check")
+
     def _read(self, n: int) -> bytes:
         parts = []
         missing = n
@@ -372,8 +435,13 @@ class Client:
 
 
 def infer(
-    host: str, port: int, model: str, floats: "list[float] | tuple[float, ...]", timeout: float = 5
+    host: str,
+    port: int,
+    model: str,
+    floats: "list[float] | tuple[float, ...]",
+    timeout: float = 5,
+    token: "str | None" = None,
 ) -> tuple[list[float], float]:
     """One request on a fresh connection: (outputs, compute_ms)."""
-    with Client(host, port, timeout) as client:
+    with Client(host, port, timeout, token=token) as client:
         return client.infer(model, floats)

@@ -92,6 +92,9 @@ class AgentConfig:
     max_train_window: int = 32
     #: Most simultaneous connections per listening port.
     max_connections: int = 20_000
+    #: At a port's connection cap, a new connection takes the place of the one silent
+    #: longest if that one has been silent this many seconds; else it is refused.
+    idle_evict_after: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
     #: Seconds SIGTERM waits for in-flight work before closing connections.
     drain_timeout: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
     #: Rows per model call when batching requests together.
@@ -110,6 +113,19 @@ class AgentConfig:
     max_request_bytes: int = 16 * 1024 * 1024
     #: Seconds an HTTP body may pause between chunks (slow senders are cut off).
     body_timeout: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
+    #: Opt-in ports that cannot carry a token (BTS0) bind loopback only when a token is
+    #: set, unless named here (``--legacy-bts0-public``).
+    legacy_public: frozenset[str] = frozenset()
+    #: Bytes that runs, checkpoints, uploads and model versions may take in the data dir.
+    max_disk_bytes: int = dataclasses.field(default=16 * 1024**3, metadata=_AT_LEAST_1)
+    #: Free space kept on the data dir's file system; below it, new work is refused.
+    min_free_disk_bytes: int = 512 * 1024 * 1024
+    #: Finished training runs kept in the data dir; older ones are pruned first.
+    max_finished_runs: int = dataclasses.field(default=20, metadata=_AT_LEAST_1)
+    #: Largest model a training run may build (parameters × bytes per parameter).
+    max_train_model_bytes: int = dataclasses.field(default=256 * 1024 * 1024, metadata=_AT_LEAST_1)
+    #: Seconds a model version no alias points to is kept before it is cleaned up.
+    unused_version_ttl_s: float = dataclasses.field(default=7 * 86400.0, metadata=_POSITIVE)
     #: Requests one native connection may have in flight.
     max_inflight_per_connection: int = 64
 
@@ -319,8 +335,9 @@ _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 def coerce(hint: Any, raw: Any) -> Any:
     """``raw`` (a string from env or a flag, or a TOML value) as type ``hint``.
 
-    Supported: bool, int, float (finite), Path (``~`` expanded), str, ``X | None``
-    and ``Mapping[str, X]`` (a TOML table, or ``name=value,name=value`` as text).
+    Supported: bool, int, float (finite), Path (``~`` expanded), str, ``X | None``,
+    ``Mapping[str, X]`` (a TOML table, or ``name=value,name=value`` as text) and
+    ``frozenset[X]`` (a TOML array, or ``a,b`` as text).
     """
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -339,6 +356,12 @@ def coerce(hint: Any, raw: Any) -> Any:
             except _BadValue as exc:
                 raise _BadValue(exc.value, exc.expected, f"[{key!r}]") from None
         return mapping
+    if origin is frozenset:
+        (item_type,) = typing.get_args(hint)
+        items = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple | set | frozenset):
+            raise _BadValue(raw, "a list")
+        return frozenset(coerce(item_type, item) for item in items)
     if hint is bool:
         return _bool(raw)
     if hint is int:

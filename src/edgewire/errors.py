@@ -17,6 +17,7 @@ server-side path meant for a remote peer.
     ├── ConnectError           cannot reach the peer / the peer went away
     │   └── PeerTimeout        a read or write did not finish in time
     ├── BusyError              a bounded queue is full; try again later
+    ├── DiskFull               the disk or the data dir's disk budget is full (HTTP 507)
     ├── AuthError              missing or wrong token
     ├── TrainError             the on-device training run failed
     │   └── CheckpointError    a checkpoint cannot be written or read
@@ -148,6 +149,13 @@ class BusyError(EdgewireError):
     exit_code = 8
     http_status = 503
     help = "The server is busy; retry later."
+
+
+class DiskFull(EdgewireError):
+    code = "disk_full"
+    exit_code = 12
+    http_status = 507
+    help = "The disk, or the data dir's disk budget, is full; free space or raise max_disk_bytes."
 
 
 class AuthError(EdgewireError):

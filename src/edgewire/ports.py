@@ -40,6 +40,10 @@ class PortSpec:
     feature: str
     #: ``module:attribute`` of the load client ``edgewire bench`` uses, if it has one.
     load_client: str | None = None
+    #: Whether the protocol changes the agent's state (trains, writes to disk).
+    changes_state: bool = False
+    #: Whether the protocol can carry the agent's token.
+    carries_token: bool = False
 
     @property
     def config_key(self) -> str:
@@ -48,6 +52,16 @@ class PortSpec:
     @property
     def flag(self) -> str:
         return f"--legacy-{self.name}-port"
+
+    @property
+    def loopback_with_token(self) -> bool:
+        """Bound on loopback when the agent has a token: it changes state, yet no
+        token can reach it (unless ``public_flag`` names it in ``legacy_public``)."""
+        return self.changes_state and not self.carries_token
+
+    @property
+    def public_flag(self) -> str:
+        return f"--legacy-{self.name}-public"
 
 
 PORTS: tuple[PortSpec, ...] = (
@@ -58,6 +72,7 @@ PORTS: tuple[PortSpec, ...] = (
         codec="edgewire.wire.bts0",
         handler="edgewire.agent.bts0:handler",
         feature="legacy.bts0",
+        changes_state=True,
     ),
     PortSpec(
         name="mnistprot",

@@ -217,3 +217,43 @@ def test_a_loss_gone_nan_gets_an_error_frame_not_a_hang(
         await stream.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_an_agent_that_dies_mid_run_is_a_connection_error(
+    digits: tuple[Dataset, Dataset], how: str
+) -> None:
+    """The agent's death (its socket closed or reset after TRAIN_READY) is a lost
+    connection (ConnectError, exit 7), not a protocol error: the run can be resumed."""
+    from edgewire.errors import ConnectError, ProtocolError
+    from edgewire.wire.stream import FramedStream
+
+    train, val = digits
+
+    async def dying_agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = FramedStream(reader, writer)
+        await stream.read_message(10)  # TRAIN_BEGIN
+        stream.send(
+            MsgType.TRAIN_READY,
+            {"run_id": "dies", "resumed": False, "next_seq": 0, "samples_seen": 0,
+             "window": 2, "device": "cpu", "total": 10},
+        )  # fmt: skip
+        await stream.drain(10)
+        await stream.read_message(10)  # the first batch, then it dies
+        if how == "abort":
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(dying_agent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        options = StreamOptions(run_id="dies", spec=spec_for(train), batch_size=16, window=2)
+        try:
+            with pytest.raises(ConnectError) as info:
+                await stream_training("127.0.0.1", port, train, val, options)
+            assert not isinstance(info.value, ProtocolError)
+        finally:
+            server.close()
+
+    asyncio.run(go())

@@ -139,8 +139,9 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
 
 
 def test_infer_bad_npy_files_give_one_line_and_exit_4(
-    edgewire: Invoke, mnist_agent: RunningAgent, tmp_path: Path
+    edgewire: Invoke, mnist_agent: RunningAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("EDGEWIRE_TOKEN", TOKEN)  # the agent has a token: inference needs it
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 5)))
     corrupt = tmp_path / "corrupt.npy"
@@ -285,18 +286,45 @@ def test_ctrl_c_during_train_stream_says_how_to_resume(
 def test_agent_closing_mid_run_says_how_to_resume(
     edgewire: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgewire.errors import ProtocolError
+    from edgewire.errors import ConnectError
+    from edgewire.train import stream_client
 
-    def closed(coro: Any) -> None:
-        coro.close()
-        raise ProtocolError("the agent closed the connection before the run summary")
+    async def dies_mid_run(*args: Any, on_event: Any, **kwargs: Any) -> None:
+        on_event("ready", {"run_id": "r1", "resumed": False, "next_seq": 0, "device": "cpu"})
+        raise ConnectError("the agent closed the connection before the run summary")
 
     monkeypatch.setattr(train_cli, "load_splits", tiny_splits)
-    monkeypatch.setattr(train_cli, "run", closed)
+    monkeypatch.setattr(stream_client, "stream_training", dies_mid_run)
     code, _, err = edgewire("train", "stream", "--run-id", "r1", "--json")
-    assert code == 5
+    assert code == 7  # a lost connection, not a protocol error
     assert len(error_lines(err)) == 1
     assert "before the run summary" in err and "--resume" in err
+
+    async def never_connects(*args: Any, **kwargs: Any) -> None:
+        raise ConnectError("cannot connect to 127.0.0.1:7700: Connection refused")
+
+    monkeypatch.setattr(stream_client, "stream_training", never_connects)
+    code, _, err = edgewire("train", "stream", "--run-id", "r1", "--json")
+    assert code == 7 and "--resume" not in err  # nothing started: nothing to resume
+
+
+def test_train_summary_prints_paths_whole_at_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    deep = "/var/lib/edgewire/" + "a-long-folder-name/" * 6
+    summary = {
+        "samples_seen": 4500, "final": {"train": {"accuracy": 0.9}},
+        "onnx": deep + "model.onnx", "checkpoint": deep + "checkpoint.safetensors",
+    }  # fmt: skip
+    buffer = io.StringIO()
+    out = Console(file=buffer, width=80, color_system=None)
+    train_cli.print_summary(summary, samples_per_s=1000.0, title="run r1", out=out)
+    lines = buffer.getvalue().splitlines()
+    assert "…" not in buffer.getvalue()
+    assert f"ONNX model: {deep}model.onnx" in lines
+    assert f"checkpoint: {deep}checkpoint.safetensors" in lines
 
 
 def test_a_resume_with_nothing_to_resume_is_said() -> None:
@@ -327,6 +355,17 @@ def test_agent_help_has_a_flag_for_every_port_in_the_table(edgewire: Invoke) -> 
         assert f"the seed used {spec.seed_port}" in out
     assert f"[default: {DEFAULT_NATIVE_PORT}]" in out and f"[default: {DEFAULT_HTTP_PORT}]" in out
     assert "--legacy-mnistprot-model" in out
+    # A port that cannot carry the token has a flag to open it beyond loopback anyway.
+    for spec in PORTS:
+        assert (spec.public_flag in out) == spec.loopback_with_token, spec
+
+
+def test_agent_help_shows_the_data_dir_default(edgewire: Invoke) -> None:
+    from edgewire.config import default_data_dir
+
+    code, out, _ = edgewire("agent", "--help")
+    assert code == 0
+    assert f"[default: {default_data_dir()}]" in out
 
 
 def test_agent_port_flags_reach_the_config(
@@ -350,11 +389,21 @@ def test_agent_port_flags_reach_the_config(
     assert cfg.legacy_ports == {spec.name: 9100 + i for i, spec in enumerate(PORTS)}
     assert cfg.legacy_mnistprot_model == "m" and cfg.data_dir == tmp_path
 
+    assert cfg.legacy_public == frozenset()
+
     code, _, err = edgewire("agent", "--data-dir", str(tmp_path), "--legacy-bts0-port", "70000")
     assert code == 2, err
     assert len(error_lines(err)) == 1
     assert "flag --legacy-bts0-port" in err and "70000" in err
     assert len(seen) == 1
+
+    code, _, err = edgewire("agent", "--data-dir", str(tmp_path), "--legacy-bts0-public")
+    assert code == 0, err
+    assert seen[-1].legacy_public == frozenset({"bts0"})
+    monkeypatch.setenv("EDGEWIRE_LEGACY_PUBLIC", "bts0")
+    code, _, err = edgewire("agent", "--data-dir", str(tmp_path))
+    assert code == 0, err
+    assert seen[-1].legacy_public == frozenset({"bts0"})
 
 
 def test_bench_takes_native_http_and_every_port_with_a_load_client(edgewire: Invoke) -> None:

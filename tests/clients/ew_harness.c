@@ -3,6 +3,7 @@
  *
  *   ew_harness crc                       < bytes    -> "whole chained" CRC-32s in hex
  *   ew_harness build MODEL N BATCH ID CAP           -> the request frame in hex, or "none"
+ *   ew_harness hello TOKEN ID CAP                   -> the HELLO frame in hex, or "none"
  *   ew_harness parse EXPECT_ID OUT_CAP   < frame    -> rc, n, compute_ms, outputs / error
  *   ew_harness many OUT_CAP              < records  -> one "rc n outputs..." line each
  *
@@ -86,6 +87,16 @@ int main(int argc, char **argv) {
         printf("\n");
         free(out);
         free(input);
+        return 0;
+    }
+    if (argc == 5 && strcmp(argv[1], "hello") == 0) {
+        size_t cap = (size_t)strtoul(argv[4], NULL, 10), got;
+        uint8_t *out = (uint8_t *)malloc(cap ? cap : 1);
+        got = ew_build_hello(out, cap, (uint32_t)strtoul(argv[3], NULL, 10), argv[2]);
+        if (got == 0) printf("none");
+        for (i = 0; i < got; i++) printf("%02x", out[i]);
+        printf("\n");
+        free(out);
         return 0;
     }
     if (argc == 4 && strcmp(argv[1], "parse") == 0) {

@@ -273,3 +273,36 @@ def test_a_server_that_goes_away_or_falls_silent(
     port = server.port  # closed now
     with pytest.raises(ew.ConnectError, match="cannot connect"):
         ew.infer("127.0.0.1", port, "mnist", [0.0] * 784)
+
+
+# -- the token ------------------------------------------------------------------------
+
+TOKEN = "correct-horse-battery"
+
+
+def test_hello_frame_is_byte_for_byte_the_reference_codec(ew: ModuleType) -> None:
+    want = encode_frame(
+        MsgType.HELLO, encode_message({"client": "micropython", "token": TOKEN}), request_id=4
+    )
+    assert ew.encode_hello(4, TOKEN) == want
+    for bad in ('with"quote', "", "x" * 1025):
+        with pytest.raises(ValueError):
+            ew.encode_hello(4, bad)
+
+
+def test_the_token_opens_an_agent_that_has_one(
+    ew: ModuleType, tmp_path: Path, model: tuple[Path, np.ndarray, np.ndarray]
+) -> None:
+    store = ModelStore(tmp_path / "models")
+    store.add("mnist", model[0])
+    store.set_alias("mnist", "production", 1)
+    x = np.random.default_rng(5).random((1, 784), dtype=np.float32)
+    with agent_in_thread(tmp_path, max_queue_delay_ms=1.0, token=TOKEN) as agent:
+        outputs, _ = ew.infer("127.0.0.1", agent.native, "mnist", x[0].tolist(), 10, TOKEN)
+        np.testing.assert_allclose(outputs, expected(x, model[1], model[2])[0], atol=1e-5)
+        with pytest.raises(ew.RemoteError) as info:
+            ew.infer("127.0.0.1", agent.native, "mnist", x[0].tolist(), timeout=10)
+        assert info.value.remote_code == "auth"
+        with pytest.raises(ew.RemoteError, match="wrong token") as info:
+            ew.Client("127.0.0.1", agent.native, timeout=10, token="wrong-token")
+        assert info.value.remote_code == "auth"

@@ -8,12 +8,13 @@ import json
 import os
 import pickle
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgewire.errors import ConfigError, ModelError
+from edgewire.errors import ConfigError, DiskFull, ModelError
 from edgewire.serve.store import ModelStore, ModelVersion, TensorInfo
 from tests.serve.models import (
     INPUT,
@@ -139,11 +140,13 @@ def test_set_alias_keeps_history_and_rollback_pops_it(store: ModelStore, onnx_fi
     store.set_alias("m", "production", 2)  # same target: no history entry
     store.set_alias("m", "production", 3)
     on_disk = json.loads((store.root / "m" / "aliases.json").read_text())
+    released = on_disk.pop("released")  # when each version lost its alias
     assert on_disk == {
         "aliases": {"production": 3},
         "history": {"production": [1, 2]},
         "deleted_up_to": 0,
     }
+    assert sorted(released) == ["1", "2"] and released["1"] <= released["2"] <= time.time()
     assert store.rollback("m").version == 2
     assert store.rollback("m", "production").version == 1
     assert store.aliases("m") == {"production": 1}
@@ -373,7 +376,7 @@ def test_disk_full_while_adding_is_a_clear_error_and_changes_nothing(
 
     # The last step of an add is the rename into versions/; fail it as a full disk would.
     monkeypatch.setattr(os, "rename", full)
-    with pytest.raises(ModelError, match="cannot store the model: No space left on device") as info:
+    with pytest.raises(DiskFull, match="cannot store the model: the disk is full") as info:
         store.add("m", onnx_file)
     assert str(store.root) not in str(info.value)
     monkeypatch.undo()

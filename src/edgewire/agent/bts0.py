@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edgewire.agent.context import Handler, PortContext
+from edgewire.agent.disk import CHECKPOINT_FACTOR
 from edgewire.agent.legacy import read_chunk
 from edgewire.errors import BusyError, ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
@@ -57,6 +58,7 @@ async def handle_bts0(
     cfg = agent.config
     decoder = Bts0Decoder()
     trainer: Trainer | None = None
+    model_size = 0
     batches = 0
     refused = False
     counted = False
@@ -74,9 +76,10 @@ async def handle_bts0(
                         raise BusyError(f"{MAX_SESSIONS} BTS0 senders are training already")
                     sessions.active += 1
                     counted = True
-                    trainer = await loop.run_in_executor(
-                        agent.train_executor, _new_trainer, cfg.bts0_model
+                    fresh, model_size = await loop.run_in_executor(
+                        agent.train_executor, _new_trainer, agent
                     )
+                    trainer = fresh
                 reply = await loop.run_in_executor(agent.train_executor, _train, trainer, batch)
                 agent.metrics.train_batches_total.labels("train").inc()
                 agent.metrics.train_samples_total.inc(len(batch.labels))
@@ -99,16 +102,24 @@ async def handle_bts0(
             writer.close()
         try:
             if trainer is not None and batches:
-                await loop.run_in_executor(agent.train_executor, _save, agent, trainer, batches)
+                await loop.run_in_executor(
+                    agent.train_executor, _save, agent, trainer, batches, model_size
+                )
         finally:
             if counted:
                 sessions.active -= 1
 
 
-def _new_trainer(model: str) -> Trainer:
-    from edgewire.train.trainer import Trainer, TrainSpec
+def _new_trainer(agent: PortContext) -> tuple[Trainer, int]:
+    """A fresh trainer and its model's size, once the size cap and the disk allow it."""
+    from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
 
-    return Trainer(TrainSpec(model=model, in_channels=1, height=28, width=28, num_classes=10))
+    spec = TrainSpec(
+        model=agent.config.bts0_model, in_channels=1, height=28, width=28, num_classes=10
+    )
+    size = check_model_size(spec, agent.config.max_train_model_bytes)
+    agent.disk.check(CHECKPOINT_FACTOR * size, "a BTS0 training session")
+    return Trainer(spec), size
 
 
 def _train(trainer: Trainer, batch: Bts0Batch) -> bytes:
@@ -118,14 +129,24 @@ def _train(trainer: Trainer, batch: Bts0Batch) -> bytes:
     return format_reply(batch.header.batch_index, step.loss, step.correct / max(step.count, 1))
 
 
-def _save(agent: PortContext, trainer: Trainer, batches: int) -> None:
+def _save(agent: PortContext, trainer: Trainer, batches: int, model_size: int) -> None:
+    """Keep the session as ``runs/bts0-<time>``: a finished run, pruned like the others."""
     from edgewire.train.checkpoint import save_checkpoint
+    from edgewire.train.session import CHECKPOINT_NAME, ONNX_NAME
 
-    name = time.strftime("bts0-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    run_dir = agent.config.data_dir / "runs" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        save_checkpoint(trainer, run_dir / "checkpoint.safetensors", meta={"batches": batches})
-        trainer.export_onnx(run_dir / "model.onnx")
+        agent.disk.check(CHECKPOINT_FACTOR * model_size, "saving a BTS0 run")
     except EdgewireError as exc:
+        log.warning("not saving the BTS0 run: %s", exc)
+        return
+    name = time.strftime("bts0-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_dir = agent.runs.root / name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(trainer, run_dir / CHECKPOINT_NAME, meta={"batches": batches})
+        trainer.export_onnx(run_dir / ONNX_NAME)
+    except (EdgewireError, OSError) as exc:
         log.warning("could not save the BTS0 run: %s", exc)
+    finally:
+        agent.runs.prune_finished(agent.config.max_finished_runs)
+        agent.disk.changed()

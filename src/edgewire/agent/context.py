@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from edgewire.agent.disk import DiskBudget
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
 from edgewire.config import AgentConfig
@@ -33,10 +34,13 @@ class PortContext:
     runs: RunRegistry
     #: Training is CPU-bound and a model is not thread-safe: one training thread.
     train_executor: Executor
-    #: Bytes of frames still arriving, shared by every native connection.
+    #: Bytes of frames still arriving and of HTTP bodies being read or held, shared by
+    #: every connection (``max_buffered_bytes``).
     frame_budget: ByteBudget
     #: Set once the agent begins to stop: handlers finish what they hold and return.
     stopping: asyncio.Event
+    #: What the data dir may hold; ask it before writing runs, checkpoints or uploads.
+    disk: DiskBudget
     #: Capabilities listed in the hello (filled in as ports open).
     features: set[str] = field(default_factory=set)
     #: Whether the agent has started and is not stopping (``/v2/health/ready``).

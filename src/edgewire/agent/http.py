@@ -2,6 +2,7 @@
 
 The inference route is a plain Starlette endpoint (no request model, no
 validation layer in between): it reads the body under a size cap and a timeout,
+holding its bytes of the agent's shared byte budget until it has answered,
 hands it to the sans-IO KServe codec, and answers through the shared batcher.
 """
 
@@ -17,9 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from edgewire import __version__
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import error_response, read_body
+from edgewire.agent.http_common import BodyHold, error_response, holding, read_body
 from edgewire.agent.management import management_routes
-from edgewire.errors import DataError, EdgewireError, ModelNotFound
+from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve
 from edgewire.serve.model import TensorInfo
 
@@ -28,7 +29,14 @@ PARSE_INLINE_BYTES = 256 * 1024
 
 
 def create_app(agent: PortContext) -> FastAPI:
-    app = FastAPI(title="edgewire agent", version=__version__, docs_url=None, redoc_url=None)
+    # No /openapi.json: it would list the management routes to anyone, token or not.
+    app = FastAPI(
+        title="edgewire agent",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     serving = agent.serving
 
     @app.get("/v2/health/live")
@@ -89,6 +97,11 @@ def create_app(agent: PortContext) -> FastAPI:
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 404)
 
     async def infer(request: Request) -> Response:
+        # The body's bytes stay held of the shared budget until the answer is made.
+        with holding(agent.frame_budget) as hold:
+            return await infer_held(request, hold)
+
+    async def infer_held(request: Request, hold: BodyHold) -> Response:
         name = request.path_params["name"]
         try:
             loaded = serving.loaded(name)
@@ -97,19 +110,18 @@ def create_app(agent: PortContext) -> FastAPI:
                 raise ModelNotFound(
                     f"model {name!r} serves version {loaded.version.version}, not {version}"
                 )
+            header_length = _header_length(request)
             body = await read_body(
                 request,
                 cap=agent.config.max_request_bytes,
                 timeout=agent.config.body_timeout,
                 total=agent.config.frame_timeout,  # as one native frame: first byte to last
+                hold=hold,
             )
-            header_length = request.headers.get("inference-header-content-length")
             parse = functools.partial(
                 kserve.parse_infer_request,
                 body,
-                header_length=int(header_length)
-                if header_length and header_length.isascii() and header_length.isdigit()
-                else None,
+                header_length=header_length,
                 inputs=[_spec(t) for t in loaded.inputs],
                 max_body=agent.config.max_request_bytes,
             )
@@ -143,6 +155,20 @@ def create_app(agent: PortContext) -> FastAPI:
     for path, endpoint, methods in management_routes(agent):
         app.router.add_route(path, endpoint, methods=methods)
     return app
+
+
+def _header_length(request: Request) -> int | None:
+    """The Inference-Header-Content-Length header: None when absent, else a whole number."""
+    raw = request.headers.get(kserve.HEADER_LENGTH)
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise ProtocolError(
+            f"{kserve.HEADER_LENGTH} must be the byte length of the JSON part of the body "
+            f"(a whole number), got {raw!r}"
+        )
+    return int(value)
 
 
 def _spec(info: TensorInfo) -> kserve.TensorSpec:

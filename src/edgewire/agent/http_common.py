@@ -1,5 +1,12 @@
 """What the agent's HTTP routes share: error answers, capped body reads, the management check.
 
+Bodies draw on the same :class:`~edgewire.wire.stream.ByteBudget` as the native
+port's partly received frames (``max_buffered_bytes``): a :class:`BodyHold`
+reserves a body's declared length before its first byte is read (or grows
+chunk by chunk when no length is declared), refuses with ``busy`` (503 with
+Retry-After) when the budget is spent, and gives everything back when the
+request is done (:func:`holding`).
+
 A leaf of ``agent/``: the inference routes (``http.py``) and the management
 routes (``management.py``) both import it, and it imports neither.
 """
@@ -7,15 +14,25 @@ routes (``management.py``) both import it, and it imports neither.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from edgewire.config import AgentConfig, is_loopback
-from edgewire.errors import AuthError, EdgewireError, FrameTooLarge, PeerTimeout, ProtocolError
+from edgewire.errors import (
+    AuthError,
+    BusyError,
+    ConnectError,
+    EdgewireError,
+    FrameTooLarge,
+    PeerTimeout,
+    ProtocolError,
+)
 from edgewire.serve import kserve
+from edgewire.wire.stream import ByteBudget
 
 BODY_CHUNK_TIMEOUT = 10.0
 
@@ -32,11 +49,51 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
     )
 
 
+class BodyHold:
+    """The bytes of the shared budget that one request holds; :meth:`release` gives them back."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def hold(self, size: int) -> None:
+        """Hold ``size`` bytes in all (more or fewer than now); BusyError if the budget
+        cannot give that many more (then what was held stays held)."""
+        if not self._budget.change(size - self.held):
+            raise BusyError(
+                "the agent is receiving too many request bodies at once; "
+                "send this request again later"
+            )
+        self.held = size
+
+    def release(self) -> None:
+        self._budget.change(-self.held)
+        self.held = 0
+
+
+@contextlib.contextmanager
+def holding(budget: ByteBudget) -> Iterator[BodyHold]:
+    """A :class:`BodyHold` released when the block ends, however it ends."""
+    hold = BodyHold(budget)
+    try:
+        yield hold
+    finally:
+        hold.release()
+
+
 async def iter_body(
-    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
+    request: Request,
+    *,
+    cap: int,
+    timeout: float = BODY_CHUNK_TIMEOUT,
+    total: float | None = None,
+    hold: BodyHold | None = None,
 ) -> AsyncIterator[bytes]:
     """The request body in chunks, refused past ``cap`` bytes, when a chunk takes over
-    ``timeout`` s, or when the whole body takes over ``total`` s."""
+    ``timeout`` s, or when the whole body takes over ``total`` s.
+
+    With ``hold``, the declared Content-Length is held of the shared budget before
+    anything is read, and the bytes received so far when none is declared."""
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("", "identity"):
         # No decompression at all: a 1 kB gzip bomb cannot become 10 GB here.
@@ -49,8 +106,12 @@ async def iter_body(
             size = int(declared)
         except ValueError:
             raise ProtocolError(f"bad Content-Length {declared!r}") from None
+        if size < 0:
+            raise ProtocolError(f"bad Content-Length {declared!r}")
         if size > cap:
             raise FrameTooLarge(f"body of {size} bytes is over the limit of {cap}")
+        if hold is not None:
+            hold.hold(size)
     received = 0
     loop = asyncio.get_running_loop()
     give_up = None if total is None else loop.time() + total
@@ -62,6 +123,8 @@ async def iter_body(
                 chunk = await stream.__anext__()
         except StopAsyncIteration:
             return
+        except ClientDisconnect:
+            raise ConnectError("the client went away while sending the body") from None
         except TimeoutError:
             if give_up is not None and loop.time() >= give_up:
                 raise PeerTimeout(f"request body took over {total:g} s") from None
@@ -69,13 +132,22 @@ async def iter_body(
         received += len(chunk)
         if received > cap:
             raise FrameTooLarge(f"body is over the limit of {cap} bytes")
+        if hold is not None and received > hold.held:
+            hold.hold(received)
         yield chunk
 
 
 async def read_body(
-    request: Request, *, cap: int, timeout: float = BODY_CHUNK_TIMEOUT, total: float | None = None
+    request: Request,
+    *,
+    cap: int,
+    timeout: float = BODY_CHUNK_TIMEOUT,
+    total: float | None = None,
+    hold: BodyHold | None = None,
 ) -> bytes:
-    chunks = iter_body(request, cap=cap, timeout=timeout, total=total)
+    """The whole body (see :func:`iter_body`); with ``hold``, its bytes stay held of the
+    budget until the caller releases them, when it is done with the body."""
+    chunks = iter_body(request, cap=cap, timeout=timeout, total=total, hold=hold)
     return b"".join([chunk async for chunk in chunks])
 
 

@@ -4,19 +4,23 @@
     GET    /api/models
     POST   /api/models/{name}/activate   {"version": 3, "alias": "production"}
     POST   /api/models/{name}/rollback   {"alias": "production"}
-    DELETE /api/models/{name}/versions/{version}
+    DELETE /api/models/{name}/versions/{version}?force=1
+    DELETE /api/models/{name}/aliases/{alias}
+    DELETE /api/models/{name}
 
 An upload is streamed to disk under a size cap, checked against its sha256,
 stored as a new version (its format read from its content; ``filename``, when
 given, must agree), loaded and warmed up; only then does the alias move.
 A model that fails any step leaves the previous version serving, and is
-answered 422; a model or version that does not exist, 404.
+answered 422; a model or version that does not exist, 404; a full disk, 507
+(``disk_full``), with the upload's temp file removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -27,13 +31,30 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import check_management, error_response, iter_body, read_body
-from edgewire.errors import ConfigError, EdgewireError, ModelError, ModelNotFound, ProtocolError
+from edgewire.agent.http_common import (
+    check_management,
+    error_response,
+    holding,
+    iter_body,
+    read_body,
+)
+from edgewire.errors import (
+    ConfigError,
+    DiskFull,
+    EdgewireError,
+    ModelError,
+    ModelNotFound,
+    ProtocolError,
+)
+from edgewire.fsutil import disk_errors
 from edgewire.jsonsafe import loads_strict
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
+from edgewire.wire.stream import ByteBudget
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 UPLOADS = "uploads"
+
+log = logging.getLogger(__name__)
 
 
 def sweep_uploads(data_dir: Path) -> int:
@@ -49,12 +70,25 @@ def sweep_uploads(data_dir: Path) -> int:
     return gone
 
 
-async def _stream_to_file(request: Request, path: Path, *, cap: int, timeout: float) -> int:
+async def _stream_to_file(
+    request: Request, path: Path, *, cap: int, timeout: float, budget: ByteBudget
+) -> int:
     total = 0
-    with path.open("wb") as out:
-        async for chunk in iter_body(request, cap=cap, timeout=timeout):
-            out.write(chunk)
-            total += len(chunk)
+    body = iter_body(request, cap=cap, timeout=timeout)
+    try:
+        with disk_errors("receive the upload"), path.open("wb") as out, holding(budget) as hold:
+            async for chunk in body:
+                # Only the chunk in hand is in memory: it holds the shared budget until written.
+                hold.hold(len(chunk))
+                out.write(chunk)
+                hold.hold(0)
+                total += len(chunk)
+    except DiskFull:
+        # The rest is read (still capped and timed) and dropped, so that the client
+        # gets the 507 rather than a connection reset in the middle of its upload.
+        async for _ in body:
+            pass
+        raise
     return total
 
 
@@ -98,11 +132,16 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         check_name(name)
         check_alias(alias)  # before anything is stored or served
         staging = agent.config.data_dir / UPLOADS
-        await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
+        with disk_errors("receive the upload"):
+            await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
         tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.upload"
         try:
             size = await _stream_to_file(
-                request, tmp, cap=agent.config.max_upload_bytes, timeout=agent.config.body_timeout
+                request,
+                tmp,
+                cap=agent.config.max_upload_bytes,
+                timeout=agent.config.body_timeout,
+                budget=agent.frame_budget,
             )
             if size == 0:
                 raise ModelError("the upload is empty")
@@ -119,6 +158,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             "sha256": version.sha256,
         }
         if activate:
+            previous = serving.served_version(name)
             try:
                 await serving.activate(name, version.version)
             except EdgewireError:
@@ -127,9 +167,24 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
                 with contextlib.suppress(EdgewireError):
                     await asyncio.to_thread(store.delete, name, version.version)
                 raise
-            await asyncio.to_thread(store.set_alias, name, alias, version.version)
+            try:
+                await asyncio.to_thread(store.set_alias, name, alias, version.version)
+            except EdgewireError:
+                # The alias did not move (a full disk): serve what it still names, as a
+                # restart would, and drop the new version if the disk allows.
+                if previous is not None:
+                    with contextlib.suppress(EdgewireError):
+                        await serving.activate(name, previous)
+                with contextlib.suppress(EdgewireError):
+                    await asyncio.to_thread(store.delete, name, version.version)
+                raise
             body["alias"] = alias
             body["active"] = True
+        log.info(
+            "deployed %s version %s (%s, %d bytes, sha256 %s)%s",
+            name, version.version, version.format, version.size, version.sha256[:12],
+            f", serving as {alias!r}" if activate else ", not activated",
+        )  # fmt: skip
         return JSONResponse(body, status_code=201)
 
     async def listing(request: Request) -> Response:
@@ -173,18 +228,45 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             raise
         return JSONResponse({"name": name, "version": previous.version, "alias": alias})
 
-    async def delete(request: Request) -> Response:
-        name = request.path_params["name"]
+    async def delete_version(request: Request) -> Response:
+        name = check_name(request.path_params["name"])
         raw = request.path_params["version"]
         if not (str(raw).isascii() and str(raw).isdigit()):
             raise ConfigError(f"version must be a number, got {raw!r}")
-        await asyncio.to_thread(store.delete, name, int(raw))
-        return JSONResponse({"name": name, "deleted": int(raw)})
+        force = _flag(request.query_params.get("force", "0"), "force")
+        instead = await serving.delete_version(name, int(raw), force=force)
+        body: dict[str, Any] = {"name": name, "deleted": int(raw)}
+        if instead is not None:
+            body["serving"] = instead
+        return JSONResponse(body)
+
+    async def delete_alias(request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        alias = check_alias(request.path_params["alias"])
+        was = await serving.remove_alias(name, alias)
+        return JSONResponse({"name": name, "alias": alias, "was": was})
+
+    async def delete_model(request: Request) -> Response:
+        name = check_name(request.path_params["name"])
+        numbers = await serving.delete_model(name)
+        return JSONResponse({"name": name, "deleted": numbers})
 
     return [
         ("/api/models", guarded(listing), ["GET"]),
         ("/api/models/{name}", guarded(upload), ["PUT", "POST"]),
+        ("/api/models/{name}", guarded(delete_model), ["DELETE"]),
         ("/api/models/{name}/activate", guarded(activate), ["POST"]),
         ("/api/models/{name}/rollback", guarded(rollback), ["POST"]),
-        ("/api/models/{name}/versions/{version}", guarded(delete), ["DELETE"]),
+        ("/api/models/{name}/versions/{version}", guarded(delete_version), ["DELETE"]),
+        ("/api/models/{name}/aliases/{alias}", guarded(delete_alias), ["DELETE"]),
     ]
+
+
+def _flag(value: str, what: str) -> bool:
+    """A query flag: 1/true/yes or 0/false/no."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("", "0", "false", "no"):
+        return False
+    raise ConfigError(f"{what} must be 1 or 0, got {value!r}")

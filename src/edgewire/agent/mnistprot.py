@@ -1,10 +1,13 @@
 """The opt-in ESP8266 port: the seed's MnistProt flatbuffers protocol, byte for byte.
 
-A request is 3180 bytes (784 floats), the answer exactly 96 bytes (10 scores and
-the server's compute time in ``timer_ms``). The seed served one request per
-connection; several in a row on one connection work too. Anything malformed
-closes that connection (the protocol has no error message) and nobody else
-notices.
+A request is any valid ``Commands`` buffer with 784 floats (the firmware's is
+3180 bytes; the framer cuts each where its own offsets say it ends), the answer
+exactly 96 bytes (10 scores and the server's compute time in ``timer_ms``). The
+seed served one request per connection; several in a row on one connection work
+too. Requests go to :meth:`Serving.default_model`. Anything malformed, or a
+request no model can be chosen for, closes that connection (the protocol has no
+error message), is counted in ``edgewire_infer_errors_total{protocol="mnistprot"}``,
+and nobody else notices.
 """
 
 from __future__ import annotations

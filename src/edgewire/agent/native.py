@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from typing import Any
 
 from edgewire import __version__
 from edgewire.agent.context import Handler, PortContext
-from edgewire.errors import ConnectError, EdgewireError, PeerTimeout, ProtocolError
+from edgewire.errors import AuthError, ConnectError, EdgewireError, PeerTimeout, ProtocolError
 from edgewire.wire.frames import VERSION, MsgType
 from edgewire.wire.messages import Message
 from edgewire.wire.stream import FramedStream
@@ -35,6 +36,8 @@ async def handle_native(
     )
     inflight: set[asyncio.Task[None]] = set()
     errored = False
+    # With a token configured, a connection is trusted once its HELLO carried it.
+    authenticated = not cfg.token
     try:
         while not agent.stopping.is_set():
             got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
@@ -43,7 +46,12 @@ async def handle_native(
             frame, message = got
             agent.metrics.frames[frame.type].inc()
             if frame.type is MsgType.HELLO:
-                stream.send(MsgType.CAPABILITIES, capabilities(agent), request_id=frame.request_id)
+                authenticated = authenticated or hello_token_ok(cfg.token, message.meta)
+                stream.send(
+                    MsgType.CAPABILITIES,
+                    capabilities(agent, authenticated=authenticated),
+                    request_id=frame.request_id,
+                )
             elif frame.type is MsgType.PING:
                 stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
             elif frame.type is MsgType.INFER_REQUEST:
@@ -51,11 +59,21 @@ async def handle_native(
                     raise ProtocolError(
                         f"more than {cfg.max_inflight_per_connection} requests in flight"
                     )
+                if not authenticated:
+                    # One refused request, not a broken stream: the connection stays.
+                    agent.metrics.infer_errors_total.labels("native", AuthError.code).inc()
+                    stream.send_error(
+                        AuthError.code, _needs_token("INFER_REQUEST"), request_id=frame.request_id
+                    )
+                    await stream.drain(cfg.idle_timeout)
+                    continue
                 task = asyncio.create_task(_infer(agent, stream, frame.request_id, message))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 continue  # the request's task writes and drains its answer
             elif frame.type is MsgType.TRAIN_BEGIN:
+                if not authenticated:
+                    raise AuthError(_needs_token("TRAIN_BEGIN"))
                 from edgewire.agent.train_stream import serve_training
 
                 await serve_training(agent, stream, frame, message)
@@ -132,7 +150,28 @@ async def _infer(
         await stream.drain(agent.config.idle_timeout)
 
 
-def capabilities(agent: PortContext) -> dict[str, object]:
+def hello_token_ok(token: str | None, meta: dict[str, Any]) -> bool:
+    """Whether a HELLO's ``token`` opens the connection: True if it matches the
+    agent's, False if it brought none; a wrong one is an AuthError (the
+    connection closes)."""
+    given = meta.get("token")
+    if not token or given is None:
+        return not token
+    if not isinstance(given, str) or not hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), token.encode()
+    ):
+        raise AuthError("wrong token in HELLO; check --token or EDGEWIRE_TOKEN")
+    return True
+
+
+def _needs_token(what: str) -> str:
+    return (
+        f"{what} needs the agent's token: send it in the HELLO's meta "
+        '({"token": "..."}) first, e.g. with --token or EDGEWIRE_TOKEN'
+    )
+
+
+def capabilities(agent: PortContext, *, authenticated: bool = True) -> dict[str, object]:
     cfg = agent.config
     return {
         "agent": "edgewire",
@@ -141,6 +180,9 @@ def capabilities(agent: PortContext) -> dict[str, object]:
         "max_frame_bytes": cfg.max_frame_bytes,
         "max_train_window": cfg.max_train_window,
         "features": sorted(agent.features),
+        # Whether inference and training need the token, and whether this connection has it.
+        "token_required": bool(cfg.token),
+        "authenticated": authenticated,
         "models": [_model_info(agent, name) for name in agent.serving.names()],
     }
 

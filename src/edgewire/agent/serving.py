@@ -4,13 +4,20 @@ Every protocol (native, MnistProt, KServe v2 HTTP) calls :meth:`Serving.infer`,
 so requests from all of them are batched together. A request with more rows
 than a batch holds (up to ``max_request_rows``) is split into batches and its
 answers joined again in order.
+
+Removing models also goes through here, under the same lock as activations, so
+that what is served and what the store holds stay in step: a served version is
+deleted only once another one serves (the one a restart would serve), and unused
+versions are pruned at start and then hourly, never a served or aliased one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,13 +30,18 @@ from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ModelError,
 from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult
 from edgewire.serve.model import ModelVersion, TensorInfo
 from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
-from edgewire.serve.store import ModelStore
+from edgewire.serve.store import DEFAULT_ALIAS, ModelStore
 from edgewire.wire.messages import require_finite
 
 if TYPE_CHECKING:
     from edgewire.config import AgentConfig
 
 log = logging.getLogger(__name__)
+#: How long default_model trusts its look-up of the ``production`` aliases.
+_ALIAS_CACHE_S = 1.0
+
+#: Seconds between two prunes of unused model versions.
+PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +74,14 @@ class Serving:
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="edgewire-load")
         self._batchers: dict[str, Batcher] = {}
         self._lock = asyncio.Lock()
+        # default_model: the served set it last warned about, and its alias look-up.
+        self._unchosen: tuple[str, ...] | None = None
+        self._alias_cache: tuple[tuple[str, ...], float, tuple[str, ...]] | None = None
+        self._pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Load the served version of every stored model; a bad one is logged, not fatal."""
+        """Load the served version of every stored model (a bad one is logged, not fatal),
+        then prune unused versions, and again every hour."""
         names = await asyncio.to_thread(self.store.names)
         for name in names:
             try:
@@ -73,8 +90,14 @@ class Serving:
                 log.warning("model %r not served: %s", name, exc)
             except Exception:  # a broken model must never keep the agent down
                 log.exception("model %r not served", name)
+        await self._prune_logged()
+        self._pruner = asyncio.create_task(self._prune_hourly(), name="edgewire-prune")
 
     async def stop(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         for batcher in self._batchers.values():
             await batcher.stop(drain_timeout=self.config.drain_timeout)
         self.executor.shutdown(wait=True)
@@ -83,29 +106,140 @@ class Serving:
     async def activate(self, name: str, ref: str | int | None = None) -> ModelVersion:
         """Load ``name`` at ``ref`` (alias or version) and serve it; the old one serves until then."""
         async with self._lock:
-            version = await asyncio.to_thread(self.store.resolve, name, ref)
-            loaded = await self.host.activate(version, executor=self.loader)
-            batcher = self._batchers.get(name)
-            if batcher is None:
-                policy = self.policy
-                if not loaded.batch_dim_ok():
-                    policy = BatchPolicy(
-                        max_batch_size=1, max_queue_delay_ms=0.0, max_queue=self.policy.max_queue
-                    )
-                batcher = Batcher(loaded.run, policy=policy, executor=self.executor, name=name)
-                await batcher.start()
-                self._batchers[name] = batcher
-            else:
-                batcher.set_run(loaded.run)
-            log.info("serving %s version %s", name, version.version)
-            return version
+            return await self._activate(name, ref)
+
+    async def _activate(self, name: str, ref: str | int | None) -> ModelVersion:
+        version = await asyncio.to_thread(self.store.resolve, name, ref)
+        loaded = await self.host.activate(version, executor=self.loader)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            policy = self.policy
+            if not loaded.batch_dim_ok():
+                policy = BatchPolicy(
+                    max_batch_size=1, max_queue_delay_ms=0.0, max_queue=self.policy.max_queue
+                )
+            batcher = Batcher(loaded.run, policy=policy, executor=self.executor, name=name)
+            await batcher.start()
+            self._batchers[name] = batcher
+        else:
+            batcher.set_run(loaded.run)
+        log.info("serving %s version %s", name, version.version)
+        return version
 
     async def unload(self, name: str) -> None:
         async with self._lock:
-            batcher = self._batchers.pop(name, None)
-            if batcher is not None:
-                await batcher.stop(drain_timeout=self.config.drain_timeout)
-            self.host.unload(name)
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
+        batcher = self._batchers.pop(name, None)
+        if batcher is not None:
+            await batcher.stop(drain_timeout=self.config.drain_timeout)
+        self.host.unload(name)
+
+    def served_version(self, name: str) -> int | None:
+        """The version of ``name`` being served, or None."""
+        return self.host.get(name).version.version if name in self._batchers else None
+
+    # -- removal -----------------------------------------------------------------------
+
+    async def delete_version(self, name: str, version: int, *, force: bool = False) -> int | None:
+        """Delete ``version`` of ``name``; with ``force`` the aliases pointing at it go too.
+
+        The served version is deleted only with ``force``, and only once the version a
+        restart would then serve has loaded and serves in its place (refused, with
+        nothing changed, when there is none or it does not load). Returns the version
+        that now serves instead, or None when what is served did not change.
+        """
+        async with self._lock:
+            if self.served_version(name) != version:
+                await asyncio.to_thread(self.store.delete, name, version, force=force)
+                log.info("deleted %s version %s", name, version)
+                return None
+            if not force:
+                raise ModelError(
+                    f"model {name!r} version {version} is being served; activate another "
+                    "version first, or delete with force to serve the next one"
+                )
+            nxt = await asyncio.to_thread(self.store.default_after, name, deleting=version)
+            if nxt is None:
+                raise ModelError(
+                    f"model {name!r} version {version} is its only version and is being "
+                    "served; delete the whole model instead"
+                )
+            try:
+                await self._activate(name, nxt.version)
+            except EdgewireError as exc:
+                raise ModelError(
+                    f"model {name!r} version {version} is being served and version "
+                    f"{nxt.version}, which would serve next, does not load ({exc}); "
+                    "nothing was deleted"
+                ) from exc
+            await asyncio.to_thread(self.store.delete, name, version, force=True)
+            log.info("deleted %s version %s; version %s serves instead", name, version, nxt.version)
+            return nxt.version
+
+    async def remove_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` of ``name``; the version it pointed at.
+
+        What is served does not change. Refused for ``production`` while it chooses
+        the served version and a restart without it would serve another one.
+        """
+        async with self._lock:
+            served = self.served_version(name)
+            if alias == DEFAULT_ALIAS and served is not None:
+                target = (await asyncio.to_thread(self.store.aliases, name)).get(alias)
+                nxt = await asyncio.to_thread(self.store.default_after, name, removing=alias)
+                if target == served and nxt is not None and nxt.version != served:
+                    raise ModelError(
+                        f"alias {alias!r} of model {name!r} chooses the version served "
+                        f"({served}); without it a restart would serve version {nxt.version}. "
+                        "Activate another version with it instead, or delete the model"
+                    )
+            target = await asyncio.to_thread(self.store.remove_alias, name, alias)
+            log.info("removed alias %s of %s (was version %s)", alias, name, target)
+            return target
+
+    async def delete_model(self, name: str) -> list[int]:
+        """Remove every version of ``name`` from the store, then stop serving it.
+
+        The store goes first, in one rename: if that fails, the model still serves.
+        """
+        async with self._lock:
+            numbers = await asyncio.to_thread(self.store.delete_model, name)
+            await self._unload(name)
+            log.info("deleted model %s (versions %s)", name, ", ".join(map(str, numbers)))
+            return numbers
+
+    async def prune(self) -> list[tuple[str, int]]:
+        """Delete versions unused for ``unused_version_ttl_s`` (see ``ModelStore.prune``),
+        keeping for each model the version served, or the one a restart would serve."""
+        async with self._lock:
+            keep = {}
+            for name in await asyncio.to_thread(self.store.names):
+                served = self.served_version(name)
+                if served is None:
+                    with contextlib.suppress(EdgewireError):
+                        served = (await asyncio.to_thread(self.store.resolve, name)).version
+                if served is not None:
+                    keep[name] = served
+            pruned = await asyncio.to_thread(
+                self.store.prune, unused_for=self.config.unused_version_ttl_s, keep=keep
+            )
+        for name, version in pruned:
+            log.info("pruned %s version %s: no alias pointed at it for %.0f s", name, version,
+                     self.config.unused_version_ttl_s)  # fmt: skip
+        return pruned
+
+    async def _prune_logged(self) -> None:
+        try:
+            await self.prune()
+        except Exception:  # pruning is housekeeping: it never takes serving down
+            log.exception("pruning unused model versions failed")
+
+    async def _prune_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_S)
+            await self._prune_logged()
 
     def names(self) -> list[str]:
         return sorted(self._batchers)
@@ -122,16 +256,59 @@ class Serving:
         return self._batchers[name].policy
 
     def default_model(self) -> str:
-        """The model legacy protocols use: the configured one, else the only one."""
+        """The model legacy protocols use: the configured one, else the only one served,
+        else the one served model that has a ``production`` alias.
+
+        When none of these picks one, ModelNotFound, and one WARNING per served set
+        that says which models there are and how to choose.
+        """
         if self.config.legacy_mnistprot_model:
             return self.config.legacy_mnistprot_model
-        names = self.names()
+        names = tuple(self.names())
         if len(names) == 1:
             return names[0]
-        raise ModelError(
-            f"{len(names)} models are served ({', '.join(names) or 'none'}); "
-            "choose one with --legacy-mnistprot-model"
+        production = self._with_default_alias(names)
+        if len(production) == 1:
+            self._unchosen = None
+            return production[0]
+        served = ", ".join(names) or "none"
+        if not names:
+            reason = "no model is served"
+        elif production:
+            reason = (
+                f"{len(names)} models are served ({served}) and {len(production)} of them have "
+                f"a {DEFAULT_ALIAS!r} alias ({', '.join(production)})"
+            )
+        else:
+            reason = (
+                f"{len(names)} models are served ({served}), none with a {DEFAULT_ALIAS!r} alias"
+            )
+        how = (
+            "choose one with --legacy-mnistprot-model NAME (config legacy_mnistprot_model, "
+            "env EDGEWIRE_LEGACY_MNISTPROT_MODEL)"
         )
+        if self._unchosen != names:
+            self._unchosen = names
+            log.warning("MnistProt requests are refused: %s; %s", reason, how)
+        raise ModelNotFound(f"no model for MnistProt requests: {reason}; {how}")
+
+    def _with_default_alias(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The served models with a ``production`` alias, read from the store at most once
+        a second: legacy requests ask on every request, and aliases move rarely."""
+        now = time.monotonic()
+        cached = self._alias_cache
+        if cached is not None and cached[0] == names and now - cached[1] < _ALIAS_CACHE_S:
+            return cached[2]
+        with_alias = []
+        for name in names:
+            try:
+                if DEFAULT_ALIAS in self.store.aliases(name):
+                    with_alias.append(name)
+            except EdgewireError as exc:  # an unreadable aliases file: not the production one
+                log.debug("aliases of %r unreadable: %s", name, exc)
+        found = tuple(with_alias)
+        self._alias_cache = (names, now, found)
+        return found
 
     async def infer(
         self,
@@ -229,7 +406,7 @@ def check_inputs(
             raise DataError(
                 f"input {info.name!r}: {array.shape[0]} rows is over the maximum of {max_rows}"
             )
-        require_finite(array, f"input {info.name!r}")
+        require_finite(array, f"input {info.name!r}", error=DataError)
         named[info.name] = array
     return named
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgewire.agent.disk import CHECKPOINT_FACTOR
 from edgewire.errors import BusyError, ConfigError, ProtocolError
 from edgewire.train.session import BatchOutcome, RunPlan, RunState, apply_batch, finish_run
 from edgewire.wire.frames import Frame, MsgType
@@ -100,13 +101,40 @@ async def _open_run(
             return await loop.run_in_executor(
                 agent.train_executor,
                 functools.partial(
-                    agent.runs.open, run_id=run_id, spec=spec, plan=plan, resume=resume
+                    _open_checked, agent, run_id=run_id, spec=spec, plan=plan, resume=resume
                 ),
             )
         except BusyError:
             if loop.time() >= deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+def _open_checked(
+    agent: PortContext, *, run_id: str, spec: Any, plan: RunPlan, resume: bool
+) -> tuple[RunState, bool]:
+    """Open the run once the model's size and the disk allow it (blocking: training thread).
+
+    The model is measured without allocating it, so a spec over
+    ``max_train_model_bytes`` is refused before any memory or disk is spent.
+    """
+    from edgewire.train.trainer import check_model_size
+
+    size = check_model_size(spec, agent.config.max_train_model_bytes)
+    agent.disk.check(CHECKPOINT_FACTOR * size, f"training run {run_id!r}")
+    opened = agent.runs.open(run_id=run_id, spec=spec, plan=plan, resume=resume)
+    agent.disk.changed()
+    return opened
+
+
+def _finish(agent: PortContext, state: RunState) -> dict[str, Any]:
+    """The final checkpoint and ONNX model, then the oldest finished runs beyond
+    ``max_finished_runs`` go (blocking: training thread)."""
+    try:
+        return finish_run(state)
+    finally:
+        agent.runs.prune_finished(agent.config.max_finished_runs)
+        agent.disk.changed()
 
 
 async def _pump(agent: PortContext, stream: FramedStream, state: RunState, window: int) -> None:
@@ -179,7 +207,7 @@ async def _pump(agent: PortContext, stream: FramedStream, state: RunState, windo
                 raise ProtocolError(f"{frame.type.name} is not accepted during a training run")
         await asyncio.to_thread(jobs.put, _END)
         await worker
-        summary = await loop.run_in_executor(agent.train_executor, finish_run, state)
+        summary = await loop.run_in_executor(agent.train_executor, _finish, agent, state)
         stream.send(MsgType.TRAIN_SUMMARY, summary)
         await stream.drain(cfg.idle_timeout)
     except _Draining:

@@ -1,7 +1,14 @@
-"""Start a real ``edgewire agent`` process on loopback (benchmarks and tests)."""
+"""Start a real ``edgewire agent`` process on loopback (benchmarks and tests).
+
+The agent runs in a process group of its own (see :mod:`edgewire.bench.procs`):
+:meth:`SpawnedAgent.close` stops the whole group, so nothing it started outlives
+the benchmark or test, and a Ctrl-C in the terminal reaches the benchmark only,
+which then stops the agent itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+
+from edgewire.bench.procs import stop_group
 
 _PORTS = re.compile(r"edgewire agent on \S+: (.*); data in")
 
@@ -31,8 +40,15 @@ class SpawnedAgent:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "COLUMNS": "300", **(env or {})},
+            start_new_session=True,
         )  # fmt: skip
-        self.ports: dict[str, int] = {}
+        try:  # a failed start, or Ctrl-C during it, leaves nothing running
+            self.ports: dict[str, int] = self._read_ports(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_ports(self, start_timeout: float) -> dict[str, int]:
         assert self.proc.stdout is not None
         deadline = time.monotonic() + start_timeout
         seen = []
@@ -44,14 +60,14 @@ class SpawnedAgent:
             match = _PORTS.search(line)
             if match:
                 pairs = (item.split() for item in match.group(1).split(", "))
-                self.ports = {name: int(port) for name, port in pairs}
-                return
-        self.close()
+                return {name: int(port) for name, port in pairs}
         raise RuntimeError(f"agent did not start (rc={self.proc.poll()}): {''.join(seen)[-2000:]}")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL the agent and anything it started (its process group)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def terminate(self, timeout: float = 30.0) -> int:
@@ -60,11 +76,9 @@ class SpawnedAgent:
         return self.proc.wait(timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.terminate(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """Stop the agent (SIGTERM: it drains) and its whole process group."""
+        if self.proc.returncode is None:
+            stop_group(self.proc, grace=15)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

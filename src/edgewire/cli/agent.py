@@ -1,7 +1,8 @@
 """``edgewire agent``.
 
 Its options for the opt-in protocol ports are made from :data:`edgewire.ports.PORTS`,
-one ``--legacy-<name>-port`` each, so that a new port needs no change here; the
+one ``--legacy-<name>-port`` each (and ``--legacy-<name>-public`` for a port that
+cannot carry the token), so that a new port needs no change here; the
 other options are written out below, with their defaults read from the config.
 """
 
@@ -29,10 +30,16 @@ def _fixed_options(
     http_port: int | None = typer.Option(
         None, help=rf"HTTP port \[default: {field_default(AgentConfig, 'http_port')}]."
     ),
-    data_dir: Path | None = typer.Option(None, help="Where runs and models live."),
+    data_dir: Path | None = typer.Option(
+        None,
+        help=rf"Where runs and models live \[default: {escape(str(field_default(AgentConfig, 'data_dir')))}].",
+    ),
     token: str | None = typer.Option(
         None,
-        help=r"Token for management calls; required to bind beyond loopback \[env: EDGEWIRE_TOKEN].",
+        help=(
+            "Token for management calls, native inference and training; required to bind "
+            r"beyond loopback \[env: EDGEWIRE_TOKEN]."
+        ),
     ),
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
@@ -55,10 +62,36 @@ def _port_option(spec: PortSpec) -> inspect.Parameter:
     )
 
 
+def _public_option(spec: PortSpec) -> inspect.Parameter:
+    return inspect.Parameter(
+        _public_key(spec),
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            False,
+            spec.public_flag,
+            help=(
+                f"Open the {spec.name} port on --host even with a token: it cannot carry "
+                r"one, so it listens on loopback only otherwise \[env: "
+                f"EDGEWIRE_LEGACY_PUBLIC={spec.name}]."
+            ),
+        ),
+        annotation=bool,
+    )
+
+
+def _public_key(spec: PortSpec) -> str:
+    return f"legacy_{spec.name}_public"
+
+
 def agent_command(**options: Any) -> None:
     from edgewire.agent.server import Agent, run_agent
 
     config_file = options.pop("config")
+    public = [
+        spec.name for spec in PORTS if spec.loopback_with_token and options.pop(_public_key(spec))
+    ]
+    # Not given: None, so that EDGEWIRE_LEGACY_PUBLIC and the config file still count.
+    options["legacy_public"] = frozenset(public) if public else None
     cfg = load_config(AgentConfig, config_file=config_file, flags=options)
 
     def started(agent: Agent) -> None:
@@ -78,6 +111,7 @@ def _signature() -> inspect.Signature:
     ]
     cut = [p.name for p in fixed].index("legacy_mnistprot_model")
     ports = [_port_option(spec) for spec in PORTS]
+    ports += [_public_option(spec) for spec in PORTS if spec.loopback_with_token]
     return inspect.Signature([*fixed[:cut], *ports, *fixed[cut:]])
 
 

@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,13 @@ from edgewire.cli.train import load_splits, print_summary
 
 
 def demo_command(
-    data_dir: Path = typer.Option(
-        Path("edgewire-data/demo"), help="Where the demo agent keeps runs and models."
+    keep: Path | None = typer.Option(
+        None,
+        "--keep",
+        "--data-dir",
+        file_okay=False,
+        help="Keep the demo's runs and models (about 20 MB) in this folder. Without it they "
+        "go to a temporary folder that is removed at the end.",
     ),
     epochs: int = typer.Option(1, min=1),
     batch_size: int = typer.Option(32, min=1),
@@ -34,16 +42,29 @@ def demo_command(
     clients: int = typer.Option(200, min=1, help="Emulated microcontrollers per protocol."),
     seconds: float = typer.Option(3.0, min=0.5, help="How long each serving run lasts."),
 ) -> None:
-    run(
-        _demo(
-            data_dir=data_dir.resolve(),
-            epochs=epochs,
-            batch_size=batch_size,
-            limit=limit,
-            clients=clients,
-            seconds=seconds,
+    with _data_dir(keep) as data_dir:
+        run(
+            _demo(
+                data_dir=data_dir,
+                epochs=epochs,
+                batch_size=batch_size,
+                limit=limit,
+                clients=clients,
+                seconds=seconds,
+            )
         )
-    )
+    if keep is not None:
+        console.print(f"the demo's runs and models are kept in {data_dir}", highlight=False)
+
+
+@contextlib.contextmanager
+def _data_dir(keep: Path | None) -> Iterator[Path]:
+    """``keep`` (resolved), or a temporary folder removed afterwards, on error too."""
+    if keep is not None:
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="edgewire-demo-") as tmp:
+        yield Path(tmp)
 
 
 async def _demo(

@@ -1,4 +1,4 @@
-"""``edgewire deploy`` and ``edgewire models``: ship models (ONNX, TFLite) to agents over HTTP."""
+"""``edgewire deploy``, ``models`` and ``delete``: manage the models (ONNX, TFLite) of agents over HTTP."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rich.text import Text
 from edgewire.cli.common import console, parse_address
 from edgewire.errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     EdgewireError,
     ModelError,
@@ -34,6 +35,21 @@ CHUNK = 256 * 1024
 def _headers(token: str | None) -> dict[str, str]:
     token = token or os.environ.get("EDGEWIRE_TOKEN")
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _send(method: str, host: str, port: int, path: str, **kwargs: Any) -> httpx.Response:
+    """One request to an agent's HTTP port; ConnectError when there is no HTTP answer."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return httpx.request(method, f"http://{where}{path}", **kwargs)
+    except httpx.RemoteProtocolError as exc:
+        # What the native port (or any other non-HTTP one) does with an HTTP request.
+        raise ConnectError(
+            f"{where} gave no HTTP answer ({exc}); is it the agent's HTTP port "
+            f"(default {DEFAULT_HTTP_PORT}) and not its native one?"
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise ConnectError(f"cannot reach {where}: {exc}") from exc
 
 
 def _check(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -82,20 +98,20 @@ def upload_model(
                     on_progress(len(chunk))
                 yield chunk
 
-    try:
-        response = httpx.put(
-            f"http://{host}:{port}/api/models/{name}",
-            params={"sha256": digest, "alias": alias, "filename": model.name},
-            content=chunks(),
-            headers={
-                **_headers(token),
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(size),
-            },
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {host}:{port}: {exc}") from exc
+    response = _send(
+        "PUT",
+        host,
+        port,
+        f"/api/models/{name}",
+        params={"sha256": digest, "alias": alias, "filename": model.name},
+        content=chunks(),
+        headers={
+            **_headers(token),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+        },
+        timeout=timeout,
+    )
     return _check(response, f"deploy to {host}:{port}")
 
 
@@ -177,12 +193,7 @@ def models_command(
 ) -> None:
     """List the models, versions and aliases of an agent."""
     host, port = parse_address(to, default_port=DEFAULT_HTTP_PORT)
-    try:
-        response = httpx.get(
-            f"http://{host}:{port}/api/models", headers=_headers(token), timeout=30
-        )
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {host}:{port}: {exc}") from exc
+    response = _send("GET", host, port, "/api/models", headers=_headers(token), timeout=30)
     body = _check(response, "list models")
     table = Table(title=f"models on {host}:{port}")
     for column in ("name", "versions", "aliases", "serving"):
@@ -193,3 +204,66 @@ def models_command(
         serving = f"v{m['serving']['version']}" if m.get("serving") else "-"
         table.add_row(m["name"], versions, aliases, serving)
     console.print(table)
+
+
+def delete_command(
+    name: str = typer.Argument(..., help="The model."),
+    version: int | None = typer.Option(None, "--version", help="Delete only this version."),
+    alias: str | None = typer.Option(None, "--alias", help="Remove only this alias."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --version: drop the aliases that point at it too (if it is served, the "
+        "version a restart would serve takes over). Without --version or --alias: needed "
+        "to delete the whole model.",
+    ),
+    to: str = typer.Option(..., "--to", help="Agent HOST:HTTP_PORT."),
+    token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the agent."),
+) -> None:
+    """Delete a version, an alias or (with --force) a whole model of an agent."""
+    check_name(name)
+    if version is not None and alias is not None:
+        raise ConfigError("give --version or --alias, not both")
+    if alias is not None:
+        check_alias(alias)
+        if force:
+            raise ConfigError("--force applies to --version or to the whole model, not --alias")
+    if version is None and alias is None and not force:
+        raise ConfigError(
+            f"this deletes every version of model {name!r}: add --force to do so, "
+            "or --version N / --alias A to delete less"
+        )
+    host, port = parse_address(to, default_port=DEFAULT_HTTP_PORT)
+    if version is not None:
+        path, params = f"/api/models/{name}/versions/{version}", {"force": "1" if force else "0"}
+        what = f"delete {name} version {version}"
+    elif alias is not None:
+        path, params, what = f"/api/models/{name}/aliases/{alias}", {}, f"remove alias {alias}"
+    else:
+        path, params, what = f"/api/models/{name}", {}, f"delete model {name}"
+    response = _send(
+        "DELETE", host, port, path, params=params, headers=_headers(token), timeout=timeout
+    )
+    try:
+        body = _check(response, f"{what} on {host}:{port}")
+    except RemoteError as exc:
+        raise _local(exc) from exc
+    if version is not None:
+        instead = body.get("serving")
+        tail = f"; version {instead} serves instead" if instead is not None else ""
+        console.print(f"deleted {name} version {version}{tail}", highlight=False)
+    elif alias is not None:
+        console.print(
+            f"removed alias {alias} of {name} (was version {body['was']})", highlight=False
+        )
+    else:
+        numbers = ", ".join(map(str, body["deleted"])) or "none"
+        console.print(f"deleted model {name} (versions {numbers})", highlight=False)
+
+
+def _local(error: RemoteError) -> EdgewireError:
+    """The agent's error as the local class of its code, so that the exit code says what
+    happened (11: no such model or refused, 12: disk full, ...)."""
+    kind = error_for_code(error.remote_code)
+    return error if kind is EdgewireError else kind(error.message)

@@ -43,6 +43,8 @@ class TrainDisplay:
             "training", total=total, rate="", loss="-", acc="-", step="", mem=""
         )
         self._mem = ""
+        #: The agent's TRAIN_READY (None until the run started): a run to resume exists.
+        self.ready: dict[str, Any] | None = None
 
     def __enter__(self) -> TrainDisplay:
         self._progress.__enter__()
@@ -62,6 +64,7 @@ class TrainDisplay:
             sys.stdout.write(json.dumps({"event": kind, **data}) + "\n")
             sys.stdout.flush()
         if kind == "ready":
+            self.ready = data
             done = int(data.get("next_seq", 0))
             self._progress.update(self._task, completed=done)
             self.started = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from edgewire.cli.common import console, err_console, parse_address, run
@@ -77,6 +78,12 @@ def stream_command(
     as_json: bool = typer.Option(
         False, "--json", help="Write events as JSON lines instead of the live display."
     ),
+    token: str | None = typer.Option(
+        None,
+        envvar="EDGEWIRE_TOKEN",
+        show_envvar=False,
+        help=r"The agent's token, if it has one \[env: EDGEWIRE_TOKEN].",
+    ),
 ) -> None:
     from edgewire.train.stream_client import StreamOptions, plan_for, stream_training
 
@@ -94,6 +101,7 @@ def stream_command(
         window=window,
         resume=resume,
         seed=seed,
+        token=token,
     )
     plan = plan_for(train, val, options)
     total = epochs * (plan["train_batches"] + plan["val_batches"])
@@ -110,8 +118,8 @@ def stream_command(
         )
         raise typer.Exit(130) from None
     except (ProtocolError, ConnectError) as exc:
-        if isinstance(exc, ConnectError) and "closed the connection" not in exc.message:
-            raise  # could not connect at all: nothing to resume
+        if display.ready is None:
+            raise  # the run never started: nothing to resume
         raise type(exc)(f"{exc.message}; {resume_hint(to, options.run_id)}") from exc
     if not as_json:
         print_summary(summary, samples_per_s=display.samples_per_s, title=f"run {options.run_id}")
@@ -155,7 +163,12 @@ def run_command(
         print_summary(summary, samples_per_s=display.samples_per_s, title="local run")
 
 
-def print_summary(summary: dict[str, Any], *, samples_per_s: float, title: str) -> None:
+def print_summary(
+    summary: dict[str, Any], *, samples_per_s: float, title: str, out: Console | None = None
+) -> None:
+    """The run's figures as a table, then the files it wrote, one whole path a line
+    (a table cell would cut a long path with "…" on a narrow terminal)."""
+    out = out or console
     table = Table(title=title, show_header=False)
     table.add_row("samples trained", f"{summary['samples_seen']:,}")
     table.add_row("samples/s", f"{samples_per_s:,.0f}")
@@ -164,8 +177,12 @@ def print_summary(summary: dict[str, Any], *, samples_per_s: float, title: str) 
         table.add_row("train accuracy (last epoch)", f"{100 * final['train']['accuracy']:.1f}%")
     if final.get("val"):
         table.add_row("held-out accuracy", f"{100 * final['val']['accuracy']:.1f}%")
-    if summary.get("onnx"):
-        table.add_row("ONNX model", str(summary["onnx"]))
-    if summary.get("checkpoint"):
-        table.add_row("checkpoint", str(summary["checkpoint"]))
-    console.print(table)
+    out.print(table)
+    for label, key in (("ONNX model", "onnx"), ("checkpoint", "checkpoint")):
+        if summary.get(key):
+            out.print(
+                f"{label}: {summary[key]}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,  # never cut or folded: the path can be copied whole
+            )

@@ -1,8 +1,12 @@
 """The Python async client of the native wire protocol (inference, ping, hello).
 
-    async with await Client.connect("127.0.0.1", 7700) as client:
+    async with await Client.connect("127.0.0.1", 7700, token=None) as client:
         result = await client.infer("mnist", {"input_0": x})
         result.outputs["output_0"], result.compute_ms
+
+An agent with a token answers inference only on a connection whose HELLO
+carried it; ``connect`` sends that HELLO when it has a token (given, or
+``EDGEWIRE_TOKEN``).
 
 Requests are pipelined: many coroutines may call :meth:`Client.infer` on one
 connection at once; answers are matched by request id.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -21,7 +26,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import ConnectError, EdgewireError, ProtocolError, RemoteError, error_for_code
+from edgewire.errors import (
+    AuthError,
+    ConnectError,
+    EdgewireError,
+    ProtocolError,
+    RemoteError,
+    error_for_code,
+)
 from edgewire.wire.frames import MsgType
 from edgewire.wire.messages import decode_message
 from edgewire.wire.stream import FramedStream, open_framed
@@ -37,6 +49,8 @@ class InferResponse:
     batch_size: int
 
 
+#: Where ``Client.connect`` finds the agent's token when none is given.
+TOKEN_ENV = "EDGEWIRE_TOKEN"  # noqa: S105 -- the name of a variable, not a secret
 #: Requests one connection has in flight at once; the agent's default limit
 #: (``max_inflight_per_connection``). More wait here instead of breaking the link.
 MAX_IN_FLIGHT = 64
@@ -46,9 +60,15 @@ class Client:
     """A pipelined native-protocol client: many requests in flight on one connection."""
 
     def __init__(
-        self, stream: FramedStream, *, timeout: float = 30.0, max_in_flight: int = MAX_IN_FLIGHT
+        self,
+        stream: FramedStream,
+        *,
+        timeout: float = 30.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        token: str | None = None,
     ) -> None:
         self._stream = stream
+        self._token = token
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_in_flight)
         self._ids = itertools.count(1)
@@ -58,10 +78,26 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, timeout: float = 30.0, max_in_flight: int = MAX_IN_FLIGHT
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 30.0,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        token: str | None = None,
     ) -> Client:
+        """Connect; with a token (default: ``EDGEWIRE_TOKEN``), say hello with it at once,
+        so that a wrong one fails here as an AuthError rather than at the first request."""
+        token = token or os.environ.get(TOKEN_ENV) or None
         stream = await open_framed(host, port, timeout=timeout)
-        return cls(stream, timeout=timeout, max_in_flight=max_in_flight)
+        client = cls(stream, timeout=timeout, max_in_flight=max_in_flight, token=token)
+        if token:
+            try:
+                await client.hello()
+            except BaseException:
+                await client.close()
+                raise
+        return client
 
     async def __aenter__(self) -> Client:
         return self
@@ -133,7 +169,11 @@ class Client:
         await self.request(MsgType.PING, {})
 
     async def hello(self) -> dict[str, Any]:
-        return (await self.request(MsgType.HELLO, {"client": "edgewire-python"}))[1]
+        """The agent's capabilities; the HELLO carries the client's token, if it has one."""
+        meta: dict[str, Any] = {"client": "edgewire-python"}
+        if self._token:
+            meta["token"] = self._token
+        return (await self.request(MsgType.HELLO, meta))[1]
 
     async def infer(
         self,
@@ -169,8 +209,11 @@ class Client:
         )
 
 
-def _remote(meta: dict[str, Any]) -> RemoteError:
+def _remote(meta: dict[str, Any]) -> EdgewireError:
+    """The error an ERROR frame stands for: an AuthError for a missing or wrong
+    token (the user's to fix here), else a RemoteError with the agent's code."""
     code = str(meta.get("code", "internal"))
     text = str(meta.get("message", "remote error"))
-    err = RemoteError(f"{text} [{error_for_code(code).code}]", remote_code=code)
-    return err
+    if code == AuthError.code:
+        return AuthError(text)
+    return RemoteError(f"{text} [{error_for_code(code).code}]", remote_code=code)

@@ -6,10 +6,13 @@ Layout under ``root``::
                                         such as ONNX external data, inside that folder)
     <name>/versions/<N>/meta.json      (the ModelVersion, without its path)
     <name>/aliases.json                {"aliases": {"production": N}, "history": {"production": [..]},
-                                        "deleted_up_to": M}
+                                        "released": {"N": unix time}, "deleted_up_to": M}
 
 Version numbers only grow: ``deleted_up_to`` remembers the highest number ever
-deleted, so a number, once given to a model file, never names another one.
+deleted, so a number, once given to a model file, never names another one (a
+deleted model keeps its ``aliases.json`` for that reason). ``released`` is when
+the last alias left a version: :meth:`ModelStore.prune` deletes versions no alias
+has pointed at for a while.
 
 A version is staged in a hidden folder next to ``versions/`` and renamed into
 place in one step, so a crash leaves either no version or a complete one.
@@ -31,12 +34,12 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from edgewire.errors import ConfigError, ModelError, ModelNotFound
-from edgewire.fsutil import atomic_write_bytes, fsync_dir, sha256_file
+from edgewire.fsutil import atomic_write_bytes, disk_errors, fsync_dir, sha256_file
 from edgewire.serve.model import Backend, ModelVersion, TensorInfo, verify_files
 
 __all__ = [
@@ -88,20 +91,11 @@ def check_alias(value: str) -> str:
     return value
 
 
-@contextlib.contextmanager
-def _disk_errors(what: str) -> Iterator[None]:
-    """An OSError (disk full, read-only, ...) as a ModelError that names no path."""
-    try:
-        yield
-    except OSError as exc:
-        raise ModelError(f"cannot {what}: {exc.strerror or type(exc).__name__}") from None
-
-
-def _copy_synced(src: Path, dst: Path, *, limit: int) -> int:
+def _copy_synced(src: Path, dst: Path, *, limit: int, what: str) -> int:
     """Copy at most ``limit`` bytes (ModelError beyond), fsync, and return the size."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     total = 0
-    try:
+    with disk_errors(f"copy {what}"):
+        dst.parent.mkdir(parents=True, exist_ok=True)
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             while chunk := fin.read(1 << 20):
                 total += len(chunk)
@@ -110,8 +104,6 @@ def _copy_synced(src: Path, dst: Path, *, limit: int) -> int:
                 fout.write(chunk)
             fout.flush()
             os.fsync(fout.fileno())
-    except OSError as exc:
-        raise ModelError(f"cannot copy {src.name!r}: {exc.strerror}") from None
     return total
 
 
@@ -176,15 +168,24 @@ class ModelStore:
         numbers = self._version_numbers(name)
         aliases = self.aliases(name)
         if ref is None:
-            if DEFAULT_ALIAS in aliases:
-                return self.get(name, aliases[DEFAULT_ALIAS])
-            return self.get(name, numbers[-1])
+            return self.get(name, _default_number(aliases, numbers))
         if isinstance(ref, str) and ref in aliases:
             return self.get(name, aliases[ref])
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
             return self.get(name, int(ref))
         known = ", ".join(sorted(aliases)) or "none"
         raise ModelNotFound(f"alias {ref!r} of model {name!r} not found (aliases: {known})")
+
+    def default_after(
+        self, name: str, *, deleting: int | None = None, removing: str | None = None
+    ) -> ModelVersion | None:
+        """What :meth:`resolve` gives by default (what a restart serves) once version
+        ``deleting`` is deleted with force, or alias ``removing`` is removed; None when
+        no version would be left."""
+        check_name(name)
+        aliases = {a: v for a, v in self.aliases(name).items() if v != deleting and a != removing}
+        numbers = [n for n in self._version_numbers(name) if n != deleting]
+        return self.get(name, _default_number(aliases, numbers)) if numbers else None
 
     def verify(self, version: ModelVersion) -> None:
         """Recompute sha256 of the stored files; ModelError on bit rot or tampering."""
@@ -226,7 +227,7 @@ class ModelStore:
         if size > max_bytes:
             raise ModelError(f"the model is {size} bytes, over the limit of {max_bytes}")
 
-        with self._lock, _disk_errors("store the model"):
+        with self._lock, disk_errors("store the model"):
             model_dir = self.root / name
             self._prepare(model_dir)
             staging = model_dir / f"{_STAGING}{os.getpid()}-{secrets.token_hex(6)}"
@@ -247,7 +248,7 @@ class ModelStore:
                     version, version=number, path=final, labels=labels_t, preprocessing=prep
                 )
                 meta = json.dumps(version.to_dict(), indent=2).encode()
-                atomic_write_bytes(staging / META_FILE, meta)
+                atomic_write_bytes(staging / META_FILE, meta, what="store the model")
                 os.rename(staging, final)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -268,7 +269,7 @@ class ModelStore:
         """Copy ``source`` into ``staging`` and check the copy (what gets stored is
         what was checked, even if ``source`` changes meanwhile)."""
         incoming = staging / _INCOMING
-        size = _copy_synced(source, incoming, limit=max_bytes)
+        size = _copy_synced(source, incoming, limit=max_bytes, what="the model")
         digest = sha256_file(incoming)
         if expected is not None and digest != expected:
             raise ModelError(f"sha256 mismatch: expected {expected}, got {digest}")
@@ -281,7 +282,7 @@ class ModelStore:
         # Checked against the source folder, where the companions really are.
         for rel in backend.companions(staged, source_dir=source.parent):
             dst = staging / rel
-            total += _copy_synced(source.parent / rel, dst, limit=max_bytes - total)
+            total += _copy_synced(source.parent / rel, dst, limit=max_bytes - total, what=repr(rel))
             external[rel] = sha256_file(dst)
             folders.update(p for p in dst.parents if p.is_relative_to(staging))
         info = backend.inspect(staged)
@@ -315,7 +316,7 @@ class ModelStore:
             if previous is not None:
                 history = [*data["history"].get(alias, []), previous][-HISTORY_LIMIT:]
                 data["history"][alias] = history
-            data["aliases"][alias] = int(version)
+            _point(data, alias, int(version))
             self._write_aliases(name, data)
 
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> ModelVersion:
@@ -330,7 +331,24 @@ class ModelStore:
                 raise ModelError(f"alias {alias!r} of model {name!r} has nothing to roll back to")
             target = self.get(name, history[-1])
             data["history"][alias] = history[:-1]
-            data["aliases"][alias] = target.version
+            _point(data, alias, target.version)
+            self._write_aliases(name, data)
+            return target
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` (and its rollback history); the version it pointed at, which stays."""
+        check_name(name)
+        check_alias(alias)
+        with self._lock:
+            data = self._read_aliases(name)
+            if alias not in data["aliases"]:
+                known = ", ".join(sorted(data["aliases"])) or "none"
+                raise ModelNotFound(
+                    f"alias {alias!r} of model {name!r} not found (aliases: {known})"
+                )
+            target = int(data["aliases"][alias])
+            _point(data, alias, None)
+            data["history"].pop(alias, None)
             self._write_aliases(name, data)
             return target
 
@@ -339,28 +357,99 @@ class ModelStore:
         (then those aliases go too)."""
         check_name(name)
         with self._lock:
-            self.get(name, version)  # must exist
+            self._delete(name, int(version), force=force)
+
+    def delete_model(self, name: str) -> list[int]:
+        """Remove every version and alias of ``name``; the version numbers it had.
+
+        The versions go in one rename, so a crash leaves the model whole or gone.
+        ``aliases.json`` stays with only ``deleted_up_to``: a model stored again
+        under that name never reuses a number a client may still cache.
+        """
+        check_name(name)
+        with self._lock:
+            self._require(name)
+            numbers = self._version_numbers(name)
             data = self._read_aliases(name)
-            pointing = sorted(a for a, v in data["aliases"].items() if v == version)
-            if pointing and not force:
-                raise ModelError(
-                    f"model {name!r} version {version} is in use by alias(es) "
-                    f"{', '.join(pointing)}; move them first or force"
-                )
-            for alias in pointing:
-                del data["aliases"][alias]
-            data["history"] = {
-                a: [v for v in h if v != version] for a, h in data["history"].items()
-            }
-            data["deleted_up_to"] = max(data["deleted_up_to"], int(version))
-            self._write_aliases(name, data)
+            data["deleted_up_to"] = max([data["deleted_up_to"], *numbers])
+            self._write_aliases(name, data)  # first: the numbers stay retired whatever follows
             model_dir = self.root / name
-            # Renamed away first: a crash mid-rmtree leaves no half version visible.
             trash = model_dir / f"{_DELETING}{secrets.token_hex(6)}"
-            with _disk_errors("delete the version"):
-                os.rename(self._versions_dir(name) / str(int(version)), trash)
-                fsync_dir(self._versions_dir(name))
+            with disk_errors("delete the model"):
+                os.rename(self._versions_dir(name), trash)
+                fsync_dir(model_dir)
+            tombstone: dict[str, Any] = {"aliases": {}, "history": {}, "released": {}}
+            self._write_aliases(name, {**tombstone, "deleted_up_to": data["deleted_up_to"]})
             shutil.rmtree(trash, ignore_errors=True)
+            return numbers
+
+    def prune(
+        self, *, unused_for: float, keep: Mapping[str, int], now: float | None = None
+    ) -> list[tuple[str, int]]:
+        """Delete the versions no alias has pointed at for ``unused_for`` seconds, and
+        what refused or killed uploads left; the (name, version) pairs deleted.
+
+        A version is never pruned while an alias points at it or ``keep`` (the
+        served version of each model) names it. The last time an alias pointed at a
+        version is ``released`` in ``aliases.json``; a version that never had an
+        alias counts from its ``created`` time, and one in a rollback history that
+        has no ``released`` time (an older store) from when ``aliases.json`` last
+        changed, which is no earlier than when it lost its alias.
+        """
+        now = time.time() if now is None else now
+        pruned: list[tuple[str, int]] = []
+        if not self.root.is_dir():
+            return pruned
+        with self._lock:
+            for model_dir in sorted(self.root.iterdir()):
+                if NAME.match(model_dir.name) and model_dir.is_dir():
+                    self._sweep(model_dir)
+                    # A model with unreadable metadata is left alone: serving reports it.
+                    with contextlib.suppress(ModelError):
+                        pruned += self._prune(model_dir, unused_for, keep.get(model_dir.name), now)
+        return pruned
+
+    def _prune(
+        self, model_dir: Path, unused_for: float, served: int | None, now: float
+    ) -> list[tuple[str, int]]:
+        name = model_dir.name
+        data = self._read_aliases(name)
+        aliased = set(data["aliases"].values())
+        in_history = {v for h in data["history"].values() for v in h}
+        changed = _mtime(model_dir / ALIASES_FILE)
+        pruned = []
+        for version in self.versions(name):
+            number = version.version
+            if number in aliased or number == served:
+                continue
+            released = data["released"].get(number, changed if number in in_history else 0.0)
+            if now - max(version.created, released) > unused_for:
+                self._delete(name, number, force=False)
+                pruned.append((name, number))
+        return pruned
+
+    def _delete(self, name: str, version: int, *, force: bool) -> None:
+        self.get(name, version)  # must exist
+        data = self._read_aliases(name)
+        pointing = sorted(a for a, v in data["aliases"].items() if v == version)
+        if pointing and not force:
+            raise ModelError(
+                f"model {name!r} version {version} is in use by alias(es) "
+                f"{', '.join(pointing)}; move them first, or delete with force"
+            )
+        for alias in pointing:
+            del data["aliases"][alias]
+        data["history"] = {a: [v for v in h if v != version] for a, h in data["history"].items()}
+        data["released"].pop(version, None)
+        data["deleted_up_to"] = max(data["deleted_up_to"], version)
+        self._write_aliases(name, data)
+        model_dir = self.root / name
+        # Renamed away first: a crash mid-rmtree leaves no half version visible.
+        trash = model_dir / f"{_DELETING}{secrets.token_hex(6)}"
+        with disk_errors("delete the version"):
+            os.rename(self._versions_dir(name) / str(version), trash)
+            fsync_dir(self._versions_dir(name))
+        shutil.rmtree(trash, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -396,26 +485,71 @@ class ModelStore:
             if leftover.name.startswith((_STAGING, _DELETING)):
                 shutil.rmtree(leftover, ignore_errors=True)
 
+    def _sweep(self, model_dir: Path) -> None:
+        """Remove staging and trash folders, version folders without metadata (a number
+        no version has) and a model folder that a refused first upload left empty."""
+        for leftover in model_dir.iterdir():
+            if leftover.name.startswith((_STAGING, _DELETING)):
+                shutil.rmtree(leftover, ignore_errors=True)
+        versions = self._versions_dir(model_dir.name)
+        if versions.is_dir():
+            for folder in versions.iterdir():
+                if folder.name.isdigit() and not (folder / META_FILE).is_file():
+                    shutil.rmtree(folder, ignore_errors=True)
+        if not (model_dir / ALIASES_FILE).exists():
+            # rmdir, not rmtree: a folder with anything else in it is not ours to remove.
+            for folder in (versions, model_dir):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
     def _read_aliases(self, name: str) -> dict[str, Any]:
         path = self.root / name / ALIASES_FILE
         try:
             raw = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
-            return {"aliases": {}, "history": {}, "deleted_up_to": 0}
+            return {"aliases": {}, "history": {}, "released": {}, "deleted_up_to": 0}
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {name!r}: unreadable aliases ({type(exc).__name__})") from None
         try:
             aliases = {str(k): int(v) for k, v in raw.get("aliases", {}).items()}
             history = {str(k): [int(x) for x in v] for k, v in raw.get("history", {}).items()}
+            released = {int(k): float(v) for k, v in raw.get("released", {}).items()}
             deleted_up_to = int(raw.get("deleted_up_to", 0))
         except (AttributeError, TypeError, ValueError) as exc:
             raise ModelError(f"model {name!r}: malformed aliases ({exc})") from None
-        return {"aliases": aliases, "history": history, "deleted_up_to": deleted_up_to}
+        return {
+            "aliases": aliases,
+            "history": history,
+            "released": released,
+            "deleted_up_to": deleted_up_to,
+        }
 
     def _write_aliases(self, name: str, data: Mapping[str, Any]) -> None:
         body = json.dumps(data, indent=2, sort_keys=True).encode()
-        with _disk_errors("save the aliases"):
-            atomic_write_bytes(self.root / name / ALIASES_FILE, body)
+        with disk_errors("save the aliases"):
+            atomic_write_bytes(self.root / name / ALIASES_FILE, body, what="save the aliases")
+
+
+def _default_number(aliases: Mapping[str, int], numbers: Sequence[int]) -> int:
+    """The version served when none is asked for: ``production``'s, else the latest."""
+    return aliases.get(DEFAULT_ALIAS, numbers[-1])
+
+
+def _point(data: dict[str, Any], alias: str, version: int | None) -> None:
+    """Point ``alias`` at ``version`` (None: remove it), noting when a version lost its last alias."""
+    previous = data["aliases"].pop(alias, None)
+    if version is not None:
+        data["aliases"][alias] = version
+        data["released"].pop(version, None)
+    if previous is not None and previous not in data["aliases"].values():
+        data["released"][previous] = time.time()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _expected_sha256(value: str | None) -> str | None:

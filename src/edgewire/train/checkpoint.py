@@ -12,7 +12,8 @@ Layout of the file:
   on a worn SD card is caught at load time rather than trained on.
 
 Files are written with ``fsutil.atomic_write``, so a crash or a full disk never
-leaves a half-written checkpoint in place of the last good one.
+leaves a half-written checkpoint in place of the last good one. A full disk is
+raised as DiskFull, any other failure to write as CheckpointError.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _DTYPES: dict[str, torch.dtype] = {
 
 
 def save_checkpoint(trainer: Trainer, path: Path, *, meta: Mapping[str, Any]) -> None:
-    """Save the trainer to ``path`` atomically; raises CheckpointError if it cannot."""
+    """Save the trainer to ``path`` atomically; DiskFull or CheckpointError if it cannot."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in trainer.model.state_dict().items():
@@ -93,11 +94,8 @@ def save_checkpoint(trainer: Trainer, path: Path, *, meta: Mapping[str, Any]) ->
         with open(tmp, "xb") as f:
             f.write(blob)
 
-    try:
-        fsutil.atomic_write(path, write)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {reason}") from exc
+    with fsutil.disk_errors("write checkpoint", default=CheckpointError, where=str(path)):
+        fsutil.atomic_write(path, write, what="write the checkpoint")
 
 
 def load_checkpoint(path: Path, *, device: str | None = None) -> tuple[Trainer, dict[str, Any]]:

@@ -163,6 +163,17 @@ _BUILDERS: dict[str, type[nn.Module]] = {
 _MIN_SIDE: dict[str, int] = {"mnist_cnn": 6, "lenet5": 4, "resnet_small": 8}
 
 
+def model_bytes(name: str, *, in_channels: int, height: int, width: int, num_classes: int) -> int:
+    """Bytes of model ``name``'s parameters and buffers (what a checkpoint holds once,
+    before optimizer state), counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        model = build_model(
+            name, in_channels=in_channels, height=height, width=width, num_classes=num_classes
+        )
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def build_model(
     name: str, *, in_channels: int, height: int, width: int, num_classes: int
 ) -> nn.Module:

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgewire.errors import BusyError, ConfigError, ProtocolError, TrainError
+from edgewire.fsutil import atomic_write_bytes, disk_errors
 
 if TYPE_CHECKING:
     from edgewire.train.trainer import EvalResult, Trainer, TrainSpec
@@ -224,11 +225,11 @@ class RunRegistry:
             )
         else:
             self._make_room()
-            run_dir.mkdir(parents=True, exist_ok=True)
             state = RunState(run_id=run_id, run_dir=run_dir, plan=plan, trainer=Trainer(spec))
-            (run_dir / "run.json").write_text(
-                json.dumps({"spec": spec.to_dict(), "plan": asdict(plan)}, indent=2)
-            )
+            run_json = json.dumps({"spec": spec.to_dict(), "plan": asdict(plan)}, indent=2)
+            with disk_errors("start the run", default=TrainError):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_dir / "run.json", run_json.encode(), what="start the run")
             resumed = False
         state.plan = plan
         state.attached = True
@@ -245,6 +246,31 @@ class RunRegistry:
             self._live.pop(state.run_id, None)
             if not (state.run_dir / CHECKPOINT_NAME).exists():
                 shutil.rmtree(state.run_dir, ignore_errors=True)
+
+    def prune_finished(self, keep: int) -> list[str]:
+        """Remove finished runs (those with an ONNX model: streamed ones and BTS0
+        sessions alike) beyond the ``keep`` newest, oldest first; a run in memory
+        is never removed. Returns the names removed (blocking: training thread)."""
+        finished: list[tuple[float, str, Path]] = []
+        try:
+            folders = list(self.root.iterdir())
+        except OSError:
+            return []
+        for folder in folders:
+            try:
+                if folder.is_symlink() or not folder.is_dir():
+                    continue
+                finished.append(((folder / ONNX_NAME).stat().st_mtime, folder.name, folder))
+            except OSError:
+                continue  # not finished (no ONNX model yet), or gone meanwhile
+        finished.sort(reverse=True)
+        removed = []
+        for _, name, folder in finished[max(keep, 0) :]:
+            if name in self._live:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(name)
+        return removed
 
     def _make_room(self) -> None:
         """Checkpoint and let go of left runs until a new one fits (blocking: training thread)."""

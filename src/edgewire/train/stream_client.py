@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgewire.errors import ProtocolError
+from edgewire.errors import AuthError, ConnectError, ProtocolError, RemoteError
 from edgewire.wire.frames import MsgType
 from edgewire.wire.stream import FramedStream, open_framed
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 #: (kind, data): kind is "ready", "feedback", "epoch" or "summary".
 EventHandler = Callable[[str, dict[str, Any]], None]
 READY_TIMEOUT = 120.0
+#: Where the token comes from when StreamOptions gives none.
+TOKEN_ENV = "EDGEWIRE_TOKEN"  # noqa: S105 -- the name of a variable, not a secret
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +44,8 @@ class StreamOptions:
     seed: int = 0
     #: Seconds to wait for any word from the agent while batches are in flight.
     timeout: float = 300.0
+    #: The agent's token, sent in a HELLO before TRAIN_BEGIN (default: ``EDGEWIRE_TOKEN``).
+    token: str | None = field(default=None, repr=False)
 
 
 def spec_for(
@@ -101,11 +106,35 @@ async def stream_training(
     *,
     on_event: EventHandler | None = None,
 ) -> dict[str, Any]:
-    """Stream a whole run to the agent; returns the agent's TRAIN_SUMMARY."""
+    """Stream a whole run to the agent; returns the agent's TRAIN_SUMMARY.
+
+    A refused token is an AuthError; an agent that goes away mid-run a ConnectError
+    (the run waits at its last checkpoint for a resume).
+    """
+    try:
+        return await _stream_training(host, port, train, val, options, on_event=on_event)
+    except RemoteError as exc:
+        if exc.remote_code == AuthError.code:
+            raise AuthError(exc.message.removesuffix(f" [{AuthError.code}]")) from exc
+        raise
+
+
+async def _stream_training(
+    host: str,
+    port: int,
+    train: Dataset,
+    val: Dataset | None,
+    options: StreamOptions,
+    *,
+    on_event: EventHandler | None,
+) -> dict[str, Any]:
     emit = on_event or (lambda kind, data: None)
     plan = plan_for(train, val, options)
+    token = options.token or os.environ.get(TOKEN_ENV) or None
     stream = await open_framed(host, port)
     try:
+        if token:
+            await _hello(stream, token, options.timeout)
         stream.send(
             MsgType.TRAIN_BEGIN,
             {
@@ -118,7 +147,9 @@ async def stream_training(
         )
         await stream.drain(options.timeout)
         got = await stream.read_message(READY_TIMEOUT)
-        if got is None or got[0].type is not MsgType.TRAIN_READY:
+        if got is None:
+            raise ConnectError("the agent closed the connection before TRAIN_READY")
+        if got[0].type is not MsgType.TRAIN_READY:
             raise ProtocolError("the agent did not answer TRAIN_BEGIN with TRAIN_READY")
         ready = got[1].meta
         emit("ready", ready)
@@ -137,12 +168,29 @@ async def stream_training(
         )
         try:
             return await _receive(stream, credits, emit, sender, options)
+        except ProtocolError as exc:
+            if stream.reader.at_eof():  # cut off mid-frame: the agent went away
+                raise ConnectError(
+                    "the agent closed the connection in the middle of a frame"
+                ) from exc
+            raise
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
     finally:
         await stream.close()
+
+
+async def _hello(stream: FramedStream, token: str, timeout: float) -> None:
+    """Say hello with the token; a wrong one comes back as an ERROR (RemoteError)."""
+    stream.send(MsgType.HELLO, {"client": "edgewire-train", "token": token}, request_id=1)
+    await stream.drain(timeout)
+    got = await stream.read_message(READY_TIMEOUT)
+    if got is None:
+        raise ConnectError("the agent closed the connection after HELLO")
+    if got[0].type is not MsgType.CAPABILITIES:
+        raise ProtocolError(f"the agent answered HELLO with {got[0].type.name}")
 
 
 async def _send_all(
@@ -186,7 +234,9 @@ async def _receive(
         else:
             got = read.result()
         if got is None:
-            raise ProtocolError("the agent closed the connection before the run summary")
+            # The agent went away (it died, or its host did): a connection lost, not
+            # a malformed stream; the run waits at its last checkpoint.
+            raise ConnectError("the agent closed the connection before the run summary")
         frame, message = got
         if frame.type is MsgType.TRAIN_FEEDBACK:
             credits.release()

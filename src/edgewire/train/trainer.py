@@ -31,7 +31,7 @@ from torch import nn
 from edgewire import fsutil
 from edgewire.errors import ConfigError, DataError, ModelError, TrainError
 from edgewire.train.choices import MODEL_NAMES, OPTIMIZERS
-from edgewire.train.models import build_model
+from edgewire.train.models import build_model, model_bytes
 
 #: Samples per forward pass in ``evaluate``/``predict``, to bound peak memory.
 EVAL_CHUNK = 512
@@ -134,6 +134,26 @@ class TrainSpec:
         if missing:
             raise ConfigError(f"train spec is missing key(s): {', '.join(missing)}")
         return cls(**d)
+
+
+def check_model_size(spec: TrainSpec, max_bytes: int) -> int:
+    """The bytes of the model ``spec`` builds, counted without building it; a
+    TrainError naming the cap (``max_train_model_bytes``) if it is over."""
+    size = model_bytes(
+        spec.model,
+        in_channels=spec.in_channels,
+        height=spec.height,
+        width=spec.width,
+        num_classes=spec.num_classes,
+    )
+    if size > max_bytes:
+        raise TrainError(
+            f"model {spec.model!r} for {spec.in_channels}×{spec.height}×{spec.width} inputs "
+            f"and {spec.num_classes} classes takes {size / 2**20:.1f} MiB, over the agent's "
+            f"cap of {max_bytes / 2**20:.1f} MiB (max_train_model_bytes); use a smaller "
+            "model or input size"
+        )
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +487,7 @@ class Trainer:
         was_training = self._model.training
         self._model.eval()
         try:
-            fsutil.atomic_write(path, write)
+            fsutil.atomic_write(path, write, what="export the ONNX model")
         except onnx.checker.ValidationError as exc:
             raise ModelError(f"the exported ONNX model is invalid: {exc}") from exc
         finally:

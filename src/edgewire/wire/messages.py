@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import FrameTooLarge, ProtocolError
+from edgewire.errors import EdgewireError, FrameTooLarge, ProtocolError
 from edgewire.jsonsafe import loads_strict
 
 _U32 = struct.Struct("<I")
@@ -165,10 +165,13 @@ def _decode_tensor(reader: _Reader, index: int, limits: Limits) -> npt.NDArray[A
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def require_finite(array: npt.NDArray[Any], what: str) -> None:
-    """Refuse NaN or Inf in a floating tensor."""
+def require_finite(
+    array: npt.NDArray[Any], what: str, *, error: type[EdgewireError] = ProtocolError
+) -> None:
+    """Refuse NaN or Inf in a floating tensor, with ``error`` (a frame's tensors: ProtocolError;
+    inference inputs: DataError, which answers the one request and keeps the connection)."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ProtocolError(f"{what} contains NaN or Inf values")
+        raise error(f"{what} contains NaN or Inf values")
 
 
 def error_payload(code: str, message: str) -> bytes:

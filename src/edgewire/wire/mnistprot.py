@@ -192,7 +192,15 @@ def _parse(buf: bytes | bytearray | memoryview) -> _Commands:
         raise FrameTooLarge(
             f"MnistProt buffer of {view.nbytes} bytes is over the maximum {MAX_REQUEST_BYTES}"
         )
-    reader = _Reader(view.tobytes())
+    return _walk(_Reader(view.tobytes()), decode=True)
+
+
+def _walk(reader: _Reader, *, decode: bool) -> _Commands:
+    """Visit every table, field and vector the buffer holds; with ``decode``, read them.
+
+    Without ``decode`` only the bounds are checked: that is how far the buffer
+    reaches (``reader.reach``), which is how :class:`RequestFramer` cuts a stream.
+    """
     root = reader.table(reader.uoffset(0, "root offset"), "Commands")
     cmd = root.i8(_COMMANDS_CMD, CMD_GET_STATS)
     stats = root.table(_COMMANDS_STATS, "Stats")
@@ -204,11 +212,11 @@ def _parse(buf: bytes | bytearray | memoryview) -> _Commands:
     digit = None
     inference_input = root.table(_COMMANDS_INPUT, "InferenceInput")
     if inference_input is not None:
-        digit = inference_input.floats(_INPUT_DIGIT, "digit")
+        digit = inference_input.floats(_INPUT_DIGIT, "digit", decode=decode)
     output = None
     inference_output = root.table(_COMMANDS_OUPUT, "InferenceOutput")
     if inference_output is not None:
-        values = inference_output.floats(_OUTPUT_F, "output_f")
+        values = inference_output.floats(_OUTPUT_F, "output_f", decode=decode)
         output = MnistResponse(
             cmd=cmd,
             output=values if values is not None else np.zeros(0, np.float32),
@@ -218,20 +226,45 @@ def _parse(buf: bytes | bytearray | memoryview) -> _Commands:
     return _Commands(cmd=cmd, digit=digit, output=output)
 
 
+class _Incomplete(Exception):
+    """The bytes so far are a valid start; the buffer goes on to byte ``needed`` at least."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
 class _Reader:
-    """Bounds-checked little-endian reads; alignment is not required."""
+    """Bounds-checked little-endian reads; alignment is not required.
 
-    __slots__ = ("buf", "size")
+    ``reach`` is the end of the furthest byte checked so far. A ``partial``
+    reader holds the start of a stream: a read past its end that stays under
+    MAX_REQUEST_BYTES raises :class:`_Incomplete` (wait for more bytes) instead
+    of ProtocolError, and one past MAX_REQUEST_BYTES raises FrameTooLarge.
+    """
 
-    def __init__(self, buf: bytes) -> None:
+    __slots__ = ("buf", "partial", "reach", "size")
+
+    def __init__(self, buf: bytes, *, partial: bool = False) -> None:
         self.buf = buf
         self.size = len(buf)
+        self.partial = partial
+        self.reach = 0
 
     def need(self, pos: int, length: int, what: str) -> None:
-        if pos < 0 or length < 0 or pos + length > self.size:
+        end = pos + length
+        if self.partial and pos >= 0 and length >= 0 and end > self.size:
+            if end > MAX_REQUEST_BYTES:
+                raise FrameTooLarge(
+                    f"{what} (bytes {pos}..{end}) lies past the maximum MnistProt buffer"
+                    f" of {MAX_REQUEST_BYTES} bytes"
+                )
+            raise _Incomplete(end)
+        if pos < 0 or length < 0 or end > self.size:
             raise ProtocolError(
-                f"{what} (bytes {pos}..{pos + length}) lies outside the {self.size}-byte buffer"
+                f"{what} (bytes {pos}..{end}) lies outside the {self.size}-byte buffer"
             )
+        self.reach = max(self.reach, end)
 
     def unpack(self, fmt: struct.Struct, pos: int, what: str) -> int | float:
         self.need(pos, fmt.size, what)
@@ -303,7 +336,8 @@ class _Table:
             return None
         return self.reader.table(self.reader.uoffset(pos, f"{name} offset"), name)
 
-    def floats(self, slot: int, name: str) -> Float32Array | None:
+    def floats(self, slot: int, name: str, *, decode: bool = True) -> Float32Array | None:
+        """The float vector in ``slot``; without ``decode``, checked but not read (empty)."""
         pos = self._field(slot, 4)
         if pos is None:
             return None
@@ -312,18 +346,60 @@ class _Table:
         if count > MAX_VECTOR_LEN:
             raise FrameTooLarge(f"{name} claims {count} floats; the maximum is {MAX_VECTOR_LEN}")
         self.reader.need(start + 4, 4 * count, f"{name} data")
+        if not decode:
+            return np.zeros(0, np.float32)
         data = np.frombuffer(self.reader.buf, dtype="<f4", count=count, offset=start + 4)
         return data.astype(np.float32)  # a native-order, writable copy
 
 
 # --- stream framing -----------------------------------------------------------
 
+#: The first bytes of every request the firmware builds (offsets, vtables, tables and
+#: the vector's length: nothing there depends on the digit's values).
+_FIRMWARE_HEAD = encode_request(np.zeros(DIGIT_LEN, np.float32))[: REQUEST_SIZE - 4 * DIGIT_LEN]
+
+
+def request_extent(buf: bytes | bytearray | memoryview) -> int | None:
+    """How many bytes the request at the start of ``buf`` spans; None: not all here yet.
+
+    A FlatBuffer has no length field: it ends at the furthest byte its root
+    offset, tables, vtables and vectors reach, so that is where the next request
+    starts. Every position is bounds-checked as :func:`decode_request` checks it;
+    one past MAX_REQUEST_BYTES raises FrameTooLarge at once, bytes that cannot
+    start a buffer of this schema raise ProtocolError.
+    """
+    return _measure(memoryview(buf).cast("B"))[0]
+
+
+def _measure(buf: bytearray | memoryview) -> tuple[int | None, int]:
+    """(the request's length, 0), or (None, the fewest bytes that could tell more)."""
+    if bytes(buf[: len(_FIRMWARE_HEAD)]) == _FIRMWARE_HEAD:
+        # The firmware's own layout, as every ESP8266 sends it: these bytes alone say
+        # that it ends at REQUEST_SIZE, so nothing needs walking.
+        return (REQUEST_SIZE, 0) if len(buf) >= REQUEST_SIZE else (None, REQUEST_SIZE)
+    reader = _Reader(bytes(buf[:MAX_REQUEST_BYTES]), partial=True)
+    try:
+        _walk(reader, decode=False)
+    except _Incomplete as more:
+        return None, more.needed
+    return reader.reach, 0
+
 
 class RequestFramer:
-    """Cuts a byte stream into 3180-byte requests, as the seed server read them."""
+    """Cuts a byte stream into whole requests, each as long as its own content says.
+
+    Sans-IO: :meth:`feed` takes bytes and returns the requests they complete. The
+    firmware's 3,180-byte layout is recognised by its first 44 bytes; any other
+    valid buffer (a ``stats`` table, other field orders, a wrong digit count) is
+    measured by :func:`request_extent`, so it is cut where it ends and refused or
+    answered at once instead of waiting for bytes that never come. At most
+    MAX_REQUEST_BYTES are held at any time.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        # Measuring again before the buffer holds this many bytes would tell nothing new.
+        self._needed = 0
 
     @property
     def buffered(self) -> int:
@@ -331,17 +407,29 @@ class RequestFramer:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        self._buf += data
-        whole = len(self._buf) // REQUEST_SIZE
-        requests = [
-            bytes(self._buf[i * REQUEST_SIZE : (i + 1) * REQUEST_SIZE]) for i in range(whole)
-        ]
-        del self._buf[: whole * REQUEST_SIZE]
-        return requests
+        rest = memoryview(data).cast("B")
+        requests: list[bytes] = []
+        while True:
+            room = MAX_REQUEST_BYTES - len(self._buf)
+            self._buf += rest[:room]
+            rest = rest[room:]
+            self._cut(requests)
+            if not rest:
+                return requests
+
+    def _cut(self, requests: list[bytes]) -> None:
+        while self._buf and len(self._buf) >= self._needed:
+            end, self._needed = _measure(self._buf)
+            if end is None:
+                return
+            requests.append(bytes(self._buf[:end]))
+            del self._buf[:end]
 
     def flush(self) -> None:
         """Call at end of stream: raises if a request was cut off."""
-        if self._buf:
-            raise ProtocolError(
-                f"connection closed after {len(self._buf)} of {REQUEST_SIZE} request bytes"
-            )
+        if not self._buf:
+            return
+        held = len(self._buf)
+        if _FIRMWARE_HEAD.startswith(bytes(self._buf[: len(_FIRMWARE_HEAD)])):
+            raise ProtocolError(f"connection closed after {held} of {REQUEST_SIZE} request bytes")
+        raise ProtocolError(f"connection closed after {held} bytes of an unfinished request")

@@ -119,7 +119,7 @@ class AgentConfig:
     #: Bytes that runs, checkpoints, uploads and model versions may take in the data dir.
     max_disk_bytes: int = dataclasses.field(default=16 * 1024**3, metadata=_AT_LEAST_1)
     #: Free space kept on the data dir's file system; below it, new work is refused.
-    min_free_disk_bytes: int = 512 * 1024 * 1024
+    min_free_disk_bytes: int = 64 * 1024 * 1024
     #: Finished training runs kept in the data dir; older ones are pruned first.
     max_finished_runs: int = dataclasses.field(default=20, metadata=_AT_LEAST_1)
     #: Largest model a training run may build (parameters × bytes per parameter).

@@ -117,5 +117,11 @@ def markdown_list() -> str:
             f"`EDGEWIRE_{spec.config_key.upper()}`; the seed used {spec.seed_port}): "
             f"{spec.summary}. Codec `{spec.codec}`, handler `{spec.handler.partition(':')[0]}`, "
             f"feature `{spec.feature}` in the hello."
+            + (
+                f" It cannot carry a token: with one set, it binds 127.0.0.1 unless "
+                f"`{spec.public_flag}` is given."
+                if spec.loopback_with_token
+                else ""
+            )
         )
     return "\n".join(lines)

@@ -196,3 +196,22 @@ def test_bts0_sessions_are_pruned_and_refused_when_the_disk_is_full(tmp_path: Pa
     ):
         sock.sendall(encode_batch(0, np.zeros((1, 784), np.float32), np.zeros(1, np.uint8)))
         assert sock.recv(64) == b"ERR\n"
+
+
+def test_an_upload_past_the_disk_budget_is_a_507_and_the_old_model_serves(tmp_path: Path) -> None:
+    from tests.helpers import upload
+    from tests.serve.models import linear_model
+
+    small = tmp_path / "small.onnx"
+    linear_model(small, in_features=8, out_features=2)
+    big = tmp_path / "big.onnx"
+    linear_model(big, in_features=784, out_features=10)  # ~31 kB
+    with agent_in_thread(tmp_path / "agent", max_disk_bytes=40_000) as running:
+        assert upload(running, small, "m").status_code == 201
+        refused = upload(running, big, "m")
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["code"] == "disk_full"
+        assert "max_disk_bytes" in refused.json()["error"]
+        assert not list((tmp_path / "agent" / "uploads").iterdir())
+        listing = __import__("httpx").get(f"http://127.0.0.1:{running.http}/api/models").json()
+        assert listing["models"][0]["serving"]["version"] == 1

@@ -224,3 +224,23 @@ async def test_a_public_agent_with_a_token_keeps_bts0_on_loopback(tmp_path: Path
         assert hosts[agent.ports["native"]] == "0.0.0.0"
     finally:
         await agent.stop()
+
+
+def test_the_load_generator_sends_the_token_in_each_connections_hello(
+    guarded: RunningAgent,
+) -> None:
+    from edgewire.bench.loadgen import LoadSpec, run_load
+
+    def load(token: str | None) -> Any:
+        spec = LoadSpec(
+            host="127.0.0.1", port=guarded.native, protocol="native", model="mnist",
+            clients=3, requests=4, processes=1, input_shape=(1, 784), token=token, timeout=20,
+        )  # fmt: skip
+        return run_load(spec)
+
+    ok = load(TOKEN)
+    assert (ok.ok, ok.errors) == (12, 0)
+    refused = load(None)
+    assert refused.ok == 0 and refused.errors == 12
+    wrong = load("not-the-token")
+    assert wrong.ok == 0 and wrong.errors == 12

@@ -92,6 +92,23 @@ async def _stream_to_file(
     return total
 
 
+async def _check_disk(agent: PortContext, request: Request) -> None:
+    """Refuse an upload the disk budget has no room for: the file is held twice (the
+    upload, then the stored copy). The body is still read and dropped (capped and
+    timed), so the client gets the 507 rather than a reset mid-upload."""
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isascii() and declared.isdigit() else 0
+    need = 2 * min(size or agent.config.max_upload_bytes, agent.config.max_upload_bytes)
+    try:
+        await asyncio.to_thread(agent.disk.check, need, "the upload")
+    except DiskFull:
+        async for _ in iter_body(
+            request, cap=agent.config.max_upload_bytes, timeout=agent.config.body_timeout
+        ):
+            pass
+        raise
+
+
 async def _json(request: Request) -> dict[str, Any]:
     raw = await read_body(request, cap=64 * 1024)
     if not raw:
@@ -135,6 +152,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         with disk_errors("receive the upload"):
             await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
         tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.upload"
+        await _check_disk(agent, request)
         try:
             size = await _stream_to_file(
                 request,
@@ -151,6 +169,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            agent.disk.changed()
         body: dict[str, Any] = {
             "name": name,
             "version": version.version,

@@ -51,6 +51,8 @@ class LoadSpec:
     #: JSON) or "litserve" ({"input": [...]} to /predict, for comparisons).
     http_format: str = "binary"
     timeout: float = 60.0
+    #: The agent's token (native: sent in a HELLO on each connection).
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -118,6 +120,17 @@ def _native_request(spec: LoadSpec) -> bytes:
     return encode_frame(MsgType.INFER_REQUEST, payload, request_id=1)
 
 
+def _native_hello(spec: LoadSpec) -> bytes | None:
+    """A HELLO carrying the token, sent once per connection; none without a token."""
+    if not spec.token:
+        return None
+    from edgewire.wire.frames import MsgType, encode_frame
+    from edgewire.wire.messages import encode_message
+
+    payload = encode_message({"client": "edgewire-bench", "token": spec.token}, [])
+    return encode_frame(MsgType.HELLO, payload, request_id=0)
+
+
 def _mnistprot_request(spec: LoadSpec) -> bytes:
     from edgewire.wire.mnistprot import encode_request
 
@@ -160,7 +173,7 @@ async def _read_native(reader: asyncio.StreamReader) -> str | None:
     header = await reader.readexactly(_HEADER.size)
     _, _, msg_type, _, _, _, length, _ = _HEADER.unpack(header)
     await reader.readexactly(length)
-    return None if msg_type == 17 else f"frame type {msg_type}"
+    return None if msg_type in (17, 2) else f"frame type {msg_type}"
 
 
 async def _read_mnistprot(reader: asyncio.StreamReader) -> str | None:
@@ -189,9 +202,12 @@ class LoadClient:
     read: Callable[[asyncio.StreamReader], Awaitable[str | None]]
     #: The input shape the protocol always carries, if fixed (else asked from the agent).
     input_shape: tuple[int, ...] | None = None
+    #: Bytes sent once on each new connection before the requests (a HELLO with the
+    #: token), answered by one message that ``read`` checks like an answer.
+    greeting: Callable[[LoadSpec], bytes | None] | None = None
 
 
-NATIVE_CLIENT = LoadClient(request=_native_request, read=_read_native)
+NATIVE_CLIENT = LoadClient(request=_native_request, read=_read_native, greeting=_native_hello)
 HTTP_CLIENT = LoadClient(request=_http_request, read=_read_http)
 #: The ESP8266 MnistProt port: 784 floats in, 96 bytes back (see ``ports.PORTS``).
 MNISTPROT_CLIENT = LoadClient(
@@ -219,7 +235,9 @@ def load_client(protocol: str) -> LoadClient:
 async def _client(
     spec: LoadSpec, request: bytes, stop_at: float, latencies: list[float], errors: dict[str, int]
 ) -> None:
-    read = load_client(spec.protocol).read
+    client = load_client(spec.protocol)
+    read = client.read
+    greeting = client.greeting(spec) if client.greeting is not None else None
     loop = asyncio.get_running_loop()
     count = 0
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -236,6 +254,11 @@ async def _client(
             async with asyncio.timeout(spec.timeout):
                 if conn is None:
                     conn = await asyncio.open_connection(spec.host, spec.port)
+                    if greeting is not None:
+                        conn[1].write(greeting)
+                        refused = await read(conn[0])
+                        if refused is not None:
+                            raise ValueError(f"greeting refused: {refused}")
                 reader, writer = conn
                 writer.write(request)
                 problem = await read(reader)

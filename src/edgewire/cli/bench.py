@@ -71,9 +71,14 @@ def bench_command(
     http_format: str = typer.Option("binary", help="HTTP bodies: binary, json, or litserve."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     plot: Path | None = typer.Option(None, help="Write a PNG of latency against concurrency."),
+    token: str | None = typer.Option(
+        None,
+        help=r"The agent's token (native: sent in each connection's hello) \[env: EDGEWIRE_TOKEN].",
+    ),
 ) -> None:
     from edgewire.bench.loadgen import LoadSpec, run_load
 
+    token = token or os.environ.get("EDGEWIRE_TOKEN") or None
     host, port = parse_address(to, default_port=default_port(protocol))
     try:
         levels = [int(c) for c in clients.split(",") if c.strip()]
@@ -83,13 +88,15 @@ def bench_command(
         requests = 100
     if plot is not None:
         check_plot_path(plot)
-    shape = _shape(input_shape) if input_shape else discover_shape(host, port, protocol, model)
+    shape = (
+        _shape(input_shape) if input_shape else discover_shape(host, port, protocol, model, token)
+    )
     rows: list[dict[str, Any]] = []
     for level in levels:
         spec = LoadSpec(
             host=host, port=port, protocol=protocol, model=model, clients=level,
             requests=requests, duration=duration, one_shot=one_shot, processes=processes,
-            input_shape=shape, http_format=http_format,
+            input_shape=shape, http_format=http_format, token=token,
         )  # fmt: skip
         if not as_json:
             console.print(f"{protocol}: {level} clients ...", highlight=False)
@@ -157,7 +164,9 @@ def _shape(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def discover_shape(host: str, port: int, protocol: str, model: str) -> tuple[int, ...]:
+def discover_shape(
+    host: str, port: int, protocol: str, model: str, token: str | None = None
+) -> tuple[int, ...]:
     """One row of the model's input, asked from the agent (unless the protocol fixes it)."""
     from edgewire.bench.loadgen import load_client
 
@@ -177,7 +186,7 @@ def discover_shape(host: str, port: int, protocol: str, model: str) -> tuple[int
     from edgewire.client.native import Client
 
     async def ask() -> tuple[int, ...]:
-        async with await Client.connect(host, port) as client:
+        async with await Client.connect(host, port, token=token) as client:
             models = (await client.hello()).get("models", [])
         info = next((m for m in models if m["name"] == model), None)
         if info is None:

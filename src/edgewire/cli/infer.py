@@ -107,11 +107,14 @@ def infer_command(
     ),
     model: str = typer.Option(..., "--model", help="Model name on the agent."),
     top: int = typer.Option(3, min=1, help="Classes to show per file, most likely first."),
+    token: str | None = typer.Option(
+        None, help=r"The agent's token, sent in the hello \[env: EDGEWIRE_TOKEN]."
+    ),
 ) -> None:
     """Print each file's predicted class and its probability (the model's outputs when
     they are probabilities, else their softmax), with the model's labels when it has them."""
     host, port = parse_address(to, default_port=DEFAULT_NATIVE_PORT)
-    rows = run(_infer(host, port, model, files, top))
+    rows = run(_infer(host, port, model, files, top, token=token))
     table = Table(title=f"{model} on {host}:{port}")
     for column in ("file", "class", "probability", f"top {top}", "queue ms", "compute ms"):
         table.add_column(column)
@@ -129,10 +132,12 @@ def describe(scores: npt.NDArray[Any], labels: list[str] | None, top: int) -> tu
     return names[0], f"{probs[best[0]]:.3f}", ranked
 
 
-async def _infer(host: str, port: int, model: str, files: list[Path], top: int) -> list[list[str]]:
+async def _infer(
+    host: str, port: int, model: str, files: list[Path], top: int, *, token: str | None = None
+) -> list[list[str]]:
     from edgewire.client.native import Client
 
-    async with await Client.connect(host, port) as client:
+    async with await Client.connect(host, port, token=token) as client:
         hello = await client.hello()
         info = next((m for m in hello.get("models", []) if m["name"] == model), None)
         if info is None:

@@ -174,3 +174,22 @@ def test_kserve_row_cap_is_a_413_that_names_it(tmp_path: Path) -> None:
         too_many = rows(11)
         assert too_many.status_code == 413
         assert "max_request_rows=10" in too_many.json()["error"]
+
+
+def test_an_uploads_external_data_never_finds_files_beside_other_uploads(
+    agent: RunningAgent, tmp_path: Path
+) -> None:
+    from tests.serve.models import model_with_external_data, weights_for
+
+    hostile = tmp_path / "hostile.onnx"
+    model_with_external_data(hostile, "secret.bin", write_data=False)
+    # Another client's bytes (here: exactly the weights the model would need) lie in
+    # the uploads folder; the upload must not be able to read them as its weights.
+    uploads = agent.config.data_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    w, _ = weights_for()
+    (uploads / "secret.bin").write_bytes(w.astype("<f4").tobytes())
+    refused = upload(agent, hostile, "m")
+    assert refused.status_code == 422, refused.text
+    assert "does not exist next to the model" in refused.json()["error"]
+    assert [p.name for p in uploads.iterdir()] == ["secret.bin"]  # its private folder is gone

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,11 @@ def sweep_uploads(data_dir: Path) -> int:
         return 0
     gone = 0
     for leftover in folder.iterdir():
-        if leftover.is_file():
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
             leftover.unlink(missing_ok=True)
-            gone += 1
+        gone += 1
     return gone
 
 
@@ -148,10 +151,12 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         file_name = request.query_params.get("filename") or None
         check_name(name)
         check_alias(alias)  # before anything is stored or served
-        staging = agent.config.data_dir / UPLOADS
+        # Each upload in a private folder: ONNX external data is looked up beside the
+        # file, and must never find another client's upload or a leftover there.
+        private = agent.config.data_dir / UPLOADS / f"{os.getpid()}-{secrets.token_hex(8)}"
         with disk_errors("receive the upload"):
-            await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
-        tmp = staging / f"{os.getpid()}-{secrets.token_hex(8)}.upload"
+            await asyncio.to_thread(private.mkdir, parents=True)
+        tmp = private / "model.upload"
         await _check_disk(agent, request)
         try:
             size = await _stream_to_file(
@@ -167,8 +172,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
                 store.add, name, tmp, sha256=sha256, file_name=file_name
             )
         finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            await asyncio.to_thread(shutil.rmtree, private, True)
             agent.disk.changed()
         body: dict[str, Any] = {
             "name": name,

@@ -162,7 +162,9 @@ class ModelVersion:
 
 def reason(exc: BaseException, folder: Path, *, shown_as: str = "<model>") -> str:
     """One line from a runtime's error, with the server's ``folder`` taken out."""
-    line = one_line(exc, limit=100_000).replace(str(folder), shown_as)
+    line = one_line(exc, limit=100_000)
+    for form in {str(folder.resolve()), str(folder)}:  # a symlinked data dir has two
+        line = line.replace(form, shown_as)
     return line if len(line) <= 300 else line[:297] + "..."
 
 

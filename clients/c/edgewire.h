@@ -117,6 +117,20 @@ static inline uint32_t ew_crc32(const uint8_t *data, size_t len, uint32_t crc) {
 
 /* ------------------------------------------------------------- requests */
 
+/* The 20-byte frame header (CRC left 0 for the caller) and the payload's meta length. */
+static inline void ewi_frame_head(uint8_t *out, uint8_t type, uint32_t request_id,
+                                  uint32_t payload_len, uint32_t meta_len) {
+    out[0] = 'E';
+    out[1] = 'W';
+    out[2] = EW_VERSION;
+    out[3] = type;
+    memset(out + 4, 0, 4); /* flags, reserved */
+    ew_put_u32(out + 8, request_id);
+    ew_put_u32(out + 12, payload_len);
+    ew_put_u32(out + 16, 0); /* CRC, filled in by the caller */
+    ew_put_u32(out + 20, meta_len);
+}
+
 /* Writes the header (CRC still 0) and the payload up to the tensor data into
  * `out` and returns its length, or 0 when `model` is not a plain name or the
  * sizes do not fit. `cap` must be at least EW_HEADER_SIZE + 40 + strlen(model). */
@@ -139,15 +153,8 @@ static inline size_t ewi_request_prefix(uint8_t *out, size_t cap, uint32_t reque
     n = EW_HEADER_SIZE + 4 + meta_len + 2 + 4 + 8 + 8;
     if (n > cap || nbytes > 0xffffffffu - (uint64_t)(n - EW_HEADER_SIZE)) return 0;
     *data_bytes = (uint32_t)nbytes;
-    out[0] = 'E';
-    out[1] = 'W';
-    out[2] = EW_VERSION;
-    out[3] = EW_MSG_INFER_REQUEST;
-    memset(out + 4, 0, 4); /* flags, reserved */
-    ew_put_u32(out + 8, request_id);
-    ew_put_u32(out + 12, (uint32_t)(n - EW_HEADER_SIZE + nbytes));
-    ew_put_u32(out + 16, 0); /* CRC, filled in by the caller */
-    ew_put_u32(out + 20, (uint32_t)meta_len);
+    ewi_frame_head(out, EW_MSG_INFER_REQUEST, request_id, (uint32_t)(n - EW_HEADER_SIZE + nbytes),
+                   (uint32_t)meta_len);
     i = 24;
     memcpy(out + i, json_open, sizeof(json_open) - 1);
     i += sizeof(json_open) - 1;
@@ -201,14 +208,8 @@ static inline size_t ew_build_hello(uint8_t *out, size_t cap, uint32_t request_i
     meta_len = sizeof(json_open) - 1 + token_len + 2;
     n = EW_HEADER_SIZE + 4 + meta_len + 2;
     if (n > cap) return 0;
-    out[0] = 'E';
-    out[1] = 'W';
-    out[2] = EW_VERSION;
-    out[3] = EW_MSG_HELLO;
-    memset(out + 4, 0, 4); /* flags, reserved */
-    ew_put_u32(out + 8, request_id);
-    ew_put_u32(out + 12, (uint32_t)(n - EW_HEADER_SIZE));
-    ew_put_u32(out + 20, (uint32_t)meta_len);
+    ewi_frame_head(out, EW_MSG_HELLO, request_id, (uint32_t)(n - EW_HEADER_SIZE),
+                   (uint32_t)meta_len);
     i = 24;
     memcpy(out + i, json_open, sizeof(json_open) - 1);
     i += sizeof(json_open) - 1;

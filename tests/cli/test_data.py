@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgewire.cli.main import main
 from edgewire.data.datasets import load_dataset
 from edgewire.data.idx import read_idx
+from tests.cli.cli_run import run_cli
 
 FILES = (
     "train-images.idx3-ubyte",
@@ -24,16 +23,7 @@ FILES = (
 def edgewire(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
 ) -> tuple[int, str]:
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["edgewire", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out + err
+    return run_cli(capsys, monkeypatch, *args)
 
 
 def test_mnist5k_exports_four_idx_files_the_loader_reads_back(

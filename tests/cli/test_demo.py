@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgewire.cli import demo as demo_cli
-from edgewire.cli.main import main
+from tests.cli.cli_run import run_cli
 
 
 @pytest.fixture
@@ -29,16 +28,7 @@ def fake_demo(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 def run_demo(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
 ) -> tuple[int, str]:
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["edgewire", "demo", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out + err
+    return run_cli(capsys, monkeypatch, "demo", *args)
 
 
 def test_by_default_the_data_go_to_a_temporary_folder_that_is_removed(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from edgewire.cli import infer as infer_cli
-from edgewire.cli.main import main
 from edgewire.data.datasets import Dataset, load_dataset
 from edgewire.serve.store import ModelStore
+from tests.cli.cli_run import run_cli
 from tests.helpers import RunningAgent, agent_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +62,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset) -> Iterato
 def edgewire(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
 ) -> tuple[int, str]:
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["edgewire", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out + err
+    return run_cli(capsys, monkeypatch, *args)
 
 
 def row_of(out: str, name: str) -> list[str]:

@@ -20,9 +20,16 @@ class TrainDisplay:
     """Takes the (kind, data) events of a run and shows them."""
 
     def __init__(
-        self, *, console: Console, total: int, as_json: bool = False, resume: bool = False
+        self,
+        *,
+        console: Console,
+        total: int,
+        epochs: int = 1,
+        as_json: bool = False,
+        resume: bool = False,
     ) -> None:
         self.console = console
+        self.epochs = epochs
         self.as_json = as_json
         self.resume = resume  # asked to resume: say so when there was nothing to resume
         self.total = total
@@ -32,6 +39,7 @@ class TrainDisplay:
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=16),
             MofNCompleteColumn(),
+            TextColumn("batches of the run"),
             TextColumn("{task.fields[rate]}"),
             TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"),
             TextColumn("{task.fields[step]} {task.fields[mem]}"),
@@ -87,7 +95,7 @@ class TrainDisplay:
             self._progress.update(
                 self._task,
                 advance=1,
-                description=f"e{int(data['epoch']) + 1} {data['split']}",
+                description=f"epoch {int(data['epoch']) + 1}/{self.epochs} {data['split']}",
                 rate=f"{self.samples_per_s:,.0f}/s",
                 loss=_loss(data["loss"]),
                 acc=_pct(float(data["accuracy"])),

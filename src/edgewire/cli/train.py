@@ -106,7 +106,9 @@ def stream_command(
     plan = plan_for(train, val, options)
     total = epochs * (plan["train_batches"] + plan["val_batches"])
     try:
-        with TrainDisplay(console=console, total=total, as_json=as_json, resume=resume) as display:
+        with TrainDisplay(
+            console=console, total=total, epochs=epochs, as_json=as_json, resume=resume
+        ) as display:
             summary = run(stream_training(host, port, train, val, options, on_event=display))
     except KeyboardInterrupt:
         err_console.print(
@@ -153,7 +155,7 @@ def run_command(
         TrainSpec.from_dict(spec_for(train, model=model, optimizer=optimizer, lr=lr, seed=seed))
     )
     total = epochs * math.ceil(len(train) / batch_size)
-    with TrainDisplay(console=console, total=total, as_json=as_json) as display:
+    with TrainDisplay(console=console, total=total, epochs=epochs, as_json=as_json) as display:
         display("ready", {"next_seq": 0})
         summary = train_local(
             trainer, train, val, epochs=epochs, batch_size=batch_size, seed=seed, on_event=display

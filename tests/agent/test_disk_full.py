@@ -77,7 +77,12 @@ def test_an_upload_bigger_than_the_free_space_is_507_and_the_old_version_serves(
     # 784 × 380 floats: 1.2 MB, fits once as the upload but not twice (the store's copy).
     half = tmp_path / "half.onnx"
     linear_model(half, in_features=784, out_features=380, seed=3)
-    with small_disk(tmp_path / "data") as data_dir, agent_in_thread(data_dir) as agent:
+    # A floor far below zero lets every upload past the disk-budget pre-check
+    # (tests/agent/test_disk_budget.py covers that), so the write path meets ENOSPC.
+    with (
+        small_disk(tmp_path / "data") as data_dir,
+        agent_in_thread(data_dir, min_free_disk_bytes=-(1 << 40)) as agent,
+    ):
         assert upload(agent, small).status_code == 201
         for model in (huge, half):
             answer = upload(agent, model)
@@ -147,3 +152,19 @@ def test_an_onnx_export_on_a_full_disk_is_disk_full_and_the_old_file_stays(
             trainer.export_onnx(path)
         assert path.read_bytes() == old
         assert sorted(p.name for p in runs.iterdir()) == ["filler", "model.onnx"]
+
+
+def test_below_the_free_space_floor_an_upload_is_refused_before_a_byte_is_written(
+    tmp_path: Path,
+) -> None:
+    small = tmp_path / "small.onnx"
+    linear_model(small, in_features=784, out_features=10, seed=1)
+    # A 2 MiB disk is below the default 64 MiB floor (min_free_disk_bytes).
+    with small_disk(tmp_path / "data") as data_dir, agent_in_thread(data_dir) as agent:
+        answer = upload(agent, small)
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["code"] == "disk_full"
+        assert "min_free_disk_bytes" in answer.json()["error"]
+        uploads = data_dir / "uploads"
+        assert not uploads.exists() or list(uploads.iterdir()) == []
+        assert not (data_dir / "models" / "mnist" / "versions" / "1").exists()

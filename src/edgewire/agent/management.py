@@ -151,13 +151,13 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         file_name = request.query_params.get("filename") or None
         check_name(name)
         check_alias(alias)  # before anything is stored or served
+        await _check_disk(agent, request)
         # Each upload in a private folder: ONNX external data is looked up beside the
         # file, and must never find another client's upload or a leftover there.
         private = agent.config.data_dir / UPLOADS / f"{os.getpid()}-{secrets.token_hex(8)}"
         with disk_errors("receive the upload"):
             await asyncio.to_thread(private.mkdir, parents=True)
         tmp = private / "model.upload"
-        await _check_disk(agent, request)
         try:
             size = await _stream_to_file(
                 request,

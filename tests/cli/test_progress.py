@@ -1,4 +1,4 @@
-"""The training display: the bar counts the whole run's batches and says which epoch it is in."""
+"""The training display: the bar names its epoch of how many and counts that epoch's batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.console import Console
 from edgewire.cli.progress import TrainDisplay
 
 
-def test_the_bar_names_the_epoch_of_how_many_and_counts_the_run() -> None:
+def test_the_bar_names_the_epoch_of_how_many_and_counts_its_batches() -> None:
     out = io.StringIO()
     console = Console(file=out, width=160, force_terminal=False)
     with TrainDisplay(console=console, total=20, epochs=2) as display:
@@ -20,4 +20,4 @@ def test_the_bar_names_the_epoch_of_how_many_and_counts_the_run() -> None:
                                      "accuracy": 0.9, "step_ms": 3.0})  # fmt: skip
     text = out.getvalue()
     assert "epoch 2/2 train" in text
-    assert "20/20 batches of the run" in text
+    assert "10/10" in text and "20/20" not in text and "20/10" not in text

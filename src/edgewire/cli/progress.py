@@ -39,7 +39,6 @@ class TrainDisplay:
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=16),
             MofNCompleteColumn(),
-            TextColumn("batches of the run"),
             TextColumn("{task.fields[rate]}"),
             TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"),
             TextColumn("{task.fields[step]} {task.fields[mem]}"),
@@ -47,8 +46,11 @@ class TrainDisplay:
             disable=as_json,
             transient=False,
         )
+        # The bar counts the batches of the epoch it names (``total`` is the run's).
+        self._per_epoch = max(total // max(epochs, 1), 1)
+        self._epoch = 0
         self._task = self._progress.add_task(
-            "training", total=total, rate="", loss="-", acc="-", step="", mem=""
+            "training", total=self._per_epoch, rate="", loss="-", acc="-", step="", mem=""
         )
         self._mem = ""
         #: The agent's TRAIN_READY (None until the run started): a run to resume exists.
@@ -74,7 +76,8 @@ class TrainDisplay:
         if kind == "ready":
             self.ready = data
             done = int(data.get("next_seq", 0))
-            self._progress.update(self._task, completed=done)
+            self._epoch = done // self._per_epoch
+            self._progress.update(self._task, completed=done % self._per_epoch)
             self.started = time.perf_counter()
             if data.get("resumed") and not self.as_json:
                 self.console.print(
@@ -89,6 +92,10 @@ class TrainDisplay:
         elif kind == "feedback":
             if data.get("split") == "train" and not data.get("duplicate"):
                 self.samples += int(data["count"])
+            epoch = int(data["epoch"])
+            if epoch != self._epoch:  # a new epoch: its own count from 0
+                self._epoch = epoch
+                self._progress.update(self._task, completed=0)
             mem = int(data.get("memory_bytes", 0))
             if mem:
                 self._mem = f"{mem / 2**20:.0f} MB"

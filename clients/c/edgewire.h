@@ -131,6 +131,28 @@ static inline void ewi_frame_head(uint8_t *out, uint8_t type, uint32_t request_i
     ew_put_u32(out + 20, meta_len);
 }
 
+/* strlen(s) if `s` is 1..max printable ASCII chars without quotes or backslashes
+ * (nothing here escapes JSON), else 0. */
+static inline size_t ewi_plain_len(const char *s, size_t max) {
+    size_t len = strlen(s), i;
+    if (len == 0 || len > max) return 0;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') return 0;
+    }
+    return len;
+}
+
+/* Writes `open` `value` `"}` (the meta JSON) at `out`; returns the bytes written. */
+static inline size_t ewi_put_meta(uint8_t *out, const char *open, size_t open_len,
+                                  const char *value, size_t value_len) {
+    memcpy(out, open, open_len);
+    memcpy(out + open_len, value, value_len);
+    out[open_len + value_len] = '"';
+    out[open_len + value_len + 1] = '}';
+    return open_len + value_len + 2;
+}
+
 /* Writes the header (CRC still 0) and the payload up to the tensor data into
  * `out` and returns its length, or 0 when `model` is not a plain name or the
  * sizes do not fit. `cap` must be at least EW_HEADER_SIZE + 40 + strlen(model). */
@@ -142,26 +164,15 @@ static inline size_t ewi_request_prefix(uint8_t *out, size_t cap, uint32_t reque
     uint64_t nbytes = (uint64_t)batch * n_features; /* < 2^64: cannot overflow */
     if (out == NULL || model == NULL || nbytes == 0 || nbytes > 0x3fffffffu) return 0;
     nbytes *= 4u;
-    name_len = strlen(model);
-    if (name_len == 0 || name_len > EW_MAX_MODEL_NAME) return 0;
-    for (i = 0; i < name_len; i++) {
-        /* No JSON escaping here: names are plain ASCII without quotes. */
-        unsigned char c = (unsigned char)model[i];
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') return 0;
-    }
+    name_len = ewi_plain_len(model, EW_MAX_MODEL_NAME);
+    if (name_len == 0) return 0;
     meta_len = sizeof(json_open) - 1 + name_len + 2;
     n = EW_HEADER_SIZE + 4 + meta_len + 2 + 4 + 8 + 8;
     if (n > cap || nbytes > 0xffffffffu - (uint64_t)(n - EW_HEADER_SIZE)) return 0;
     *data_bytes = (uint32_t)nbytes;
     ewi_frame_head(out, EW_MSG_INFER_REQUEST, request_id, (uint32_t)(n - EW_HEADER_SIZE + nbytes),
                    (uint32_t)meta_len);
-    i = 24;
-    memcpy(out + i, json_open, sizeof(json_open) - 1);
-    i += sizeof(json_open) - 1;
-    memcpy(out + i, model, name_len);
-    i += name_len;
-    out[i++] = '"';
-    out[i++] = '}';
+    i = 24 + ewi_put_meta(out + 24, json_open, sizeof(json_open) - 1, model, name_len);
     out[i++] = 1; /* one tensor */
     out[i++] = 0;
     out[i++] = EW_DTYPE_FLOAT32;
@@ -199,24 +210,14 @@ static inline size_t ew_build_hello(uint8_t *out, size_t cap, uint32_t request_i
     static const char json_open[] = "{\"client\":\"c\",\"token\":\"";
     size_t token_len, meta_len, n, i;
     if (out == NULL || token == NULL) return 0;
-    token_len = strlen(token);
-    if (token_len == 0 || token_len > EW_MAX_TOKEN) return 0;
-    for (i = 0; i < token_len; i++) {
-        unsigned char c = (unsigned char)token[i];
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') return 0;
-    }
+    token_len = ewi_plain_len(token, EW_MAX_TOKEN);
+    if (token_len == 0) return 0;
     meta_len = sizeof(json_open) - 1 + token_len + 2;
     n = EW_HEADER_SIZE + 4 + meta_len + 2;
     if (n > cap) return 0;
     ewi_frame_head(out, EW_MSG_HELLO, request_id, (uint32_t)(n - EW_HEADER_SIZE),
                    (uint32_t)meta_len);
-    i = 24;
-    memcpy(out + i, json_open, sizeof(json_open) - 1);
-    i += sizeof(json_open) - 1;
-    memcpy(out + i, token, token_len);
-    i += token_len;
-    out[i++] = '"';
-    out[i++] = '}';
+    i = 24 + ewi_put_meta(out + 24, json_open, sizeof(json_open) - 1, token, token_len);
     out[i++] = 0; /* no tensors */
     out[i++] = 0;
     ew_put_u32(out + 16, ew_crc32(out + EW_HEADER_SIZE, n - EW_HEADER_SIZE, 0));

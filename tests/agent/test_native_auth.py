@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from edgewire.errors import AuthError, RemoteError
 from edgewire.serve.store import ModelStore
 from edgewire.wire.frames import MsgType
 from edgewire.wire.stream import open_framed
+from tests.cli.cli_run import run_cli
 from tests.helpers import RunningAgent, agent_in_thread
 from tests.serve.models import expected, linear_model
 
@@ -148,30 +148,21 @@ def test_a_wrong_token_is_one_line_and_exit_9_in_the_cli(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edgewire.cli.main import main
 
     digit = tmp_path / "digit.npy"
     np.save(digit, X[0])
     to = f"127.0.0.1:{guarded.native}"
-    monkeypatch.setenv("COLUMNS", "200")
     for token in ("wrong-token", TOKEN):
         monkeypatch.setenv("EDGEWIRE_TOKEN", token)
-        monkeypatch.setattr(
-            sys, "argv", ["edgewire", "infer", "--to", to, "--model", "mnist", str(digit)]
+        code, out = run_cli(
+            capsys, monkeypatch, "infer", "--to", to, "--model", "mnist", str(digit)
         )
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 0
-        out, err = capsys.readouterr()
         if token == TOKEN:
-            assert code == 0, err
+            assert code == 0, out
             assert "digit.npy" in out
         else:
-            assert code == 9, err
-            lines = [line for line in err.splitlines() if line.strip()]
+            assert code == 9, out
+            lines = [line for line in out.splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("error:") and "token" in lines[0]
 
 

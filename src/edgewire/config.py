@@ -128,6 +128,15 @@ class AgentConfig:
     unused_version_ttl_s: float = dataclasses.field(default=7 * 86400.0, metadata=_POSITIVE)
     #: Requests one native connection may have in flight.
     max_inflight_per_connection: int = 64
+    #: The token of the servers that run this agent's split tails (default: ``token``).
+    tail_token: str | None = dataclasses.field(default=None, repr=False, metadata={"secret": True})
+    #: Seconds a split head waits for its tail server (connecting and answering).
+    tail_timeout: float = dataclasses.field(default=10.0, metadata=_POSITIVE)
+    #: Benchmarks only: stretch every model call to this many times its duration, to
+    #: stand for a device that computes K× slower than this machine (1: off).
+    emulate_slowdown: float = dataclasses.field(
+        default=1.0, metadata=_expect("at least 1", lambda value: value >= 1)
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

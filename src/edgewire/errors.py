@@ -15,10 +15,13 @@ server-side path meant for a remote peer.
     │   └── ChecksumMismatch   payload CRC does not match the header
     ├── RemoteError            the peer answered with an error frame
     ├── ConnectError           cannot reach the peer / the peer went away
-    │   └── PeerTimeout        a read or write did not finish in time
+    │   ├── PeerTimeout        a read or write did not finish in time
+    │   └── TailUnreachable    a split head's tail server cannot be reached
     ├── BusyError              a bounded queue is full; try again later
     ├── DiskFull               the disk or the data dir's disk budget is full (HTTP 507)
     ├── AuthError              missing or wrong token
+    │   ├── SignatureError     a webhook's signature, token or timestamp is missing or wrong
+    │   └── NotAllowed         authenticated, but not on an allow-list (HTTP 403)
     ├── TrainError             the on-device training run failed
     │   └── CheckpointError    a checkpoint cannot be written or read
     └── ModelError             a model that cannot load or fails while running
@@ -144,6 +147,12 @@ class PeerTimeout(ConnectError):
     help = "The peer did not answer in time."
 
 
+class TailUnreachable(ConnectError):
+    code = "tail_unreachable"
+    http_status = 502
+    help = "A split head's tail server did not answer."
+
+
 class BusyError(EdgewireError):
     code = "busy"
     exit_code = 8
@@ -163,6 +172,25 @@ class AuthError(EdgewireError):
     exit_code = 9
     http_status = 401
     help = "A valid token is required (--token or EDGEWIRE_TOKEN)."
+
+
+class SignatureError(AuthError):
+    """A webhook whose signature, bearer token or timestamp is missing, garbled or wrong (401)."""
+
+    code = "signature"
+    http_status = 401
+    help = (
+        "The webhook's signature, token or timestamp is missing or wrong; check the hook's secret."
+    )
+
+
+class NotAllowed(AuthError):
+    """A request that is well formed but names what no allow-list admits (403), such as an
+    entity, a collection, a URL's host or a private address."""
+
+    code = "not_allowed"
+    http_status = 403
+    help = "Refused by an allow-list (entity, project, collection, host or address)."
 
 
 class TrainError(EdgewireError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from edgewire.agent.disk import DiskBudget
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
+from edgewire.agent.split import SplitRuntime
 from edgewire.config import AgentConfig
 from edgewire.train.session import RunRegistry
 from edgewire.wire.stream import ByteBudget
@@ -41,6 +42,8 @@ class PortContext:
     stopping: asyncio.Event
     #: What the data dir may hold; ask it before writing runs, checkpoints or uploads.
     disk: DiskBudget
+    #: Split heads' connections to their tail servers, and the tail side's decoding.
+    split: SplitRuntime
     #: Capabilities listed in the hello (filled in as ports open).
     features: set[str] = field(default_factory=set)
     #: Whether the agent has started and is not stopping (``/v2/health/ready``).

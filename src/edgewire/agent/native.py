@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from edgewire import __version__
 from edgewire.agent.context import Handler, PortContext
 from edgewire.errors import AuthError, ConnectError, EdgewireError, PeerTimeout, ProtocolError
+from edgewire.split.codec import TENSOR_CODERS
 from edgewire.wire.frames import VERSION, MsgType
 from edgewire.wire.messages import Message
 from edgewire.wire.stream import FramedStream
@@ -54,7 +56,7 @@ async def handle_native(
                 )
             elif frame.type is MsgType.PING:
                 stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
-            elif frame.type is MsgType.INFER_REQUEST:
+            elif frame.type in _REQUESTS:
                 if len(inflight) >= cfg.max_inflight_per_connection:
                     raise ProtocolError(
                         f"more than {cfg.max_inflight_per_connection} requests in flight"
@@ -63,11 +65,12 @@ async def handle_native(
                     # One refused request, not a broken stream: the connection stays.
                     agent.metrics.infer_errors_total.labels("native", AuthError.code).inc()
                     stream.send_error(
-                        AuthError.code, _needs_token("INFER_REQUEST"), request_id=frame.request_id
+                        AuthError.code, _needs_token(frame.type.name), request_id=frame.request_id
                     )
                     await stream.drain(cfg.idle_timeout)
                     continue
-                task = asyncio.create_task(_infer(agent, stream, frame.request_id, message))
+                answer = _REQUESTS[frame.type]
+                task = asyncio.create_task(answer(agent, stream, frame.request_id, message))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 continue  # the request's task writes and drains its answer
@@ -100,7 +103,7 @@ async def _infer(
 ) -> None:
     """One inference request; its errors go back to the client, the connection stays."""
     meta = message.meta
-    try:
+    async with _answering(agent, stream, request_id):
         model = meta.get("model")
         if not isinstance(model, str):
             raise ProtocolError(f"INFER_REQUEST needs a string 'model', got {model!r}")
@@ -119,9 +122,25 @@ async def _infer(
             isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline < 0
         ):
             raise ProtocolError(f"'deadline_ms' must be a non-negative number, got {deadline!r}")
-        served = await agent.serving.infer(
-            model, inputs, deadline_ms=float(deadline) if deadline is not None else None
-        )
+        deadline_ms = float(deadline) if deadline is not None else None
+        route = agent.split.route(model)
+        if route is not None:
+            answer = await agent.split.infer(
+                model, inputs, route, deadline_ms=deadline_ms, **_split_options(meta)
+            )
+            stream.send(
+                MsgType.INFER_RESPONSE,
+                {
+                    "model": model,
+                    "version": answer.version,
+                    "outputs": list(answer.outputs),
+                    "split": answer.split,
+                },
+                list(answer.outputs.values()),
+                request_id=request_id,
+            )
+            return
+        served = await agent.serving.infer(model, inputs, deadline_ms=deadline_ms)
         result = served.result
         stream.send(
             MsgType.INFER_RESPONSE,
@@ -136,6 +155,35 @@ async def _infer(
             list(result.outputs.values()),
             request_id=request_id,
         )
+
+
+def _split_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """A split head's per-request options: ``fallback: "local"`` and a ``coder``."""
+    fallback = meta.get("fallback")
+    if fallback not in (None, "local", "none"):
+        raise ProtocolError(f"'fallback' must be 'local' or 'none', got {fallback!r}")
+    coder = meta.get("coder")
+    if coder is not None and coder not in TENSOR_CODERS:
+        raise ProtocolError(f"'coder' must be one of {', '.join(TENSOR_CODERS)}, got {coder!r}")
+    return {"fallback": fallback == "local", "coder": coder}
+
+
+async def _tail(
+    agent: PortContext, stream: FramedStream, request_id: int, message: Message
+) -> None:
+    """One SPLIT_TAIL_REQUEST from a device's head; answered like an inference request."""
+    async with _answering(agent, stream, request_id):
+        meta, tensors = await agent.split.serve_tail(message)
+        stream.send(MsgType.SPLIT_TAIL_RESPONSE, meta, tensors, request_id=request_id)
+
+
+@contextlib.asynccontextmanager
+async def _answering(
+    agent: PortContext, stream: FramedStream, request_id: int
+) -> AsyncIterator[None]:
+    """Count the answer sent inside, or send the error instead; then drain."""
+    try:
+        yield
         agent.metrics.answered["native"].inc()
     except EdgewireError as exc:
         agent.metrics.infer_errors_total.labels("native", exc.code).inc()
@@ -148,6 +196,15 @@ async def _infer(
         )
     with contextlib.suppress(EdgewireError):
         await stream.drain(agent.config.idle_timeout)
+
+
+#: Requests answered in a task of their own (pipelined), by message type.
+_REQUESTS: dict[
+    MsgType, Callable[[PortContext, FramedStream, int, Message], Coroutine[Any, Any, None]]
+] = {
+    MsgType.INFER_REQUEST: _infer,
+    MsgType.SPLIT_TAIL_REQUEST: _tail,
+}
 
 
 def hello_token_ok(token: str | None, meta: dict[str, Any]) -> bool:

@@ -31,6 +31,7 @@ from edgewire.agent.http_guard import (
 from edgewire.agent.management import sweep_uploads
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
+from edgewire.agent.split import SplitRuntime
 from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
 from edgewire.fsutil import lock_folder, unlock_folder
@@ -41,7 +42,7 @@ from edgewire.wire.stream import ByteBudget
 log = logging.getLogger(__name__)
 
 #: Listed in the hello of every agent; each open opt-in port adds its own.
-CORE_FEATURES = ("health", "metrics", "train.stream", "infer", "kserve.v2")
+CORE_FEATURES = ("health", "metrics", "train.stream", "infer", "kserve.v2", "split")
 LISTEN_BACKLOG = 4096
 STREAM_LIMIT = 256 * 1024
 #: Where a port that cannot carry the token listens while the agent has one.
@@ -123,6 +124,7 @@ class Agent:
             max_bytes=config.max_disk_bytes,
             min_free_bytes=config.min_free_disk_bytes,
         )
+        self.split = SplitRuntime(config, self.serving)
         self.features: set[str] = set(CORE_FEATURES)
         self.ports: dict[str, int] = {}
         self.stopping = asyncio.Event()
@@ -135,6 +137,7 @@ class Agent:
             frame_budget=self.frame_budget,
             stopping=self.stopping,
             disk=self.disk,
+            split=self.split,
             features=self.features,
             is_ready=lambda: self.ready,
         )
@@ -406,6 +409,7 @@ class Agent:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        await self.split.close()
         await self.serving.stop()
         self.train_executor.shutdown(wait=True)
         if self._lock is not None:

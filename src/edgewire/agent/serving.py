@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ModelError, ModelNotFound
-from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult
+from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult, RunFn
 from edgewire.serve.model import ModelVersion, TensorInfo
 from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
 from edgewire.serve.store import DEFAULT_ALIAS, ModelStore
@@ -118,13 +118,29 @@ class Serving:
                 policy = BatchPolicy(
                     max_batch_size=1, max_queue_delay_ms=0.0, max_queue=self.policy.max_queue
                 )
-            batcher = Batcher(loaded.run, policy=policy, executor=self.executor, name=name)
+            batcher = Batcher(
+                self._run_of(loaded), policy=policy, executor=self.executor, name=name
+            )
             await batcher.start()
             self._batchers[name] = batcher
         else:
-            batcher.set_run(loaded.run)
+            batcher.set_run(self._run_of(loaded))
         log.info("serving %s version %s", name, version.version)
         return version
+
+    def _run_of(self, loaded: LoadedModel) -> RunFn:
+        slowdown = self.config.emulate_slowdown
+        if slowdown <= 1.0:
+            return loaded.run
+
+        def stretched(inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+            # Sleeping in the model thread holds it as a slower processor would.
+            start = time.perf_counter()
+            out = loaded.run(inputs)
+            time.sleep((slowdown - 1.0) * (time.perf_counter() - start))
+            return out
+
+        return stretched
 
     async def unload(self, name: str) -> None:
         async with self._lock:

@@ -47,6 +47,9 @@ class InferResponse:
     queue_ms: float
     compute_ms: float
     batch_size: int
+    #: For a split head: where the time went (head, encode, transfer, tail, decode, in
+    #: ms) and what crossed (bytes_up, bytes_down); ``fallback`` when a local model answered.
+    split: dict[str, Any] | None = None
 
 
 #: Where ``Client.connect`` finds the agent's token when none is given.
@@ -107,6 +110,11 @@ class Client:
     ) -> None:
         await self.close()
 
+    @property
+    def is_open(self) -> bool:
+        """Whether requests can still be sent (not closed, the agent did not hang up)."""
+        return not self._closed and not self._reader.done()
+
     async def close(self) -> None:
         self._closed = True
         self._reader.cancel()
@@ -145,7 +153,7 @@ class Client:
     async def _request(
         self, msg_type: MsgType, meta: dict[str, Any], tensors: Sequence[npt.NDArray[Any]]
     ) -> tuple[MsgType, dict[str, Any], list[npt.NDArray[Any]]]:
-        if self._closed or self._reader.done():
+        if not self.is_open:
             raise ConnectError("the connection is closed")
         request_id = next(self._ids) % 2**32 or next(self._ids)
         future: asyncio.Future[tuple[MsgType, dict[str, Any], list[Any]]] = (
@@ -182,7 +190,12 @@ class Client:
         *,
         version: str | int | None = None,
         deadline_ms: float | None = None,
+        fallback: str | None = None,
+        coder: str | None = None,
     ) -> InferResponse:
+        """Run ``inputs`` through ``model``. For a split head, ``fallback="local"`` lets the
+        device answer with its full model when the tail server is unreachable, and
+        ``coder`` overrides the head's bottleneck coder (raw, zstd, rans)."""
         meta: dict[str, Any] = {"model": model}
         if isinstance(inputs, Mapping):
             meta["inputs"] = list(inputs)
@@ -193,6 +206,10 @@ class Client:
             meta["version"] = version
         if deadline_ms is not None:
             meta["deadline_ms"] = deadline_ms
+        if fallback is not None:
+            meta["fallback"] = fallback
+        if coder is not None:
+            meta["coder"] = coder
         kind, answer, out = await self.request(MsgType.INFER_REQUEST, meta, tensors)
         if kind is not MsgType.INFER_RESPONSE:
             raise ProtocolError(f"expected INFER_RESPONSE, got {kind.name}")
@@ -206,6 +223,7 @@ class Client:
             queue_ms=float(answer.get("queue_ms", 0.0)),
             compute_ms=float(answer.get("compute_ms", 0.0)),
             batch_size=int(answer.get("batch_size", 0)),
+            split=answer["split"] if isinstance(answer.get("split"), dict) else None,
         )
 
 

@@ -1,0 +1,280 @@
+"""What crosses the network in a split (or offloaded) request, and how it is coded.
+
+Sans-IO: :func:`encode` turns a uint8 N×C×H×W tensor into bytes and
+:func:`decode` turns them back, given the shape and the coder's name, which
+travel in the request's meta so that both ends agree. Coders:
+
+- ``raw``: the bytes as they are;
+- ``zstd``: Zstandard (the simple fallback; ``edgewire[split]``);
+- ``rans``: an rANS stack coder (``constriction``) driven by a per-channel
+  :class:`Prior` measured on the training set at build time and carried in both
+  ONNX files' metadata (entropy coders do not export to ONNX, so this runs
+  outside the graph, on the bytes the head produced);
+- ``png``, ``jpeg``, ``webp``: whole image files of one N=1 RGB or grey input
+  (full offload: the input itself crosses).
+
+Every size is checked before anything is allocated: a shape over
+:data:`MAX_ELEMENTS`, data that decodes to more or fewer values than the shape
+holds, or an image of another size is a :class:`~edgewire.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgewire.errors import ConfigError, DataError, DependencyMissing
+
+#: The metadata_props key of head.onnx and tail.onnx that holds :meth:`Prior.to_json`.
+PRIOR_KEY = "edgewire.split.prior"
+#: Coders of a uint8 bottleneck, and coders of a whole input image.
+TENSOR_CODERS = ("raw", "zstd", "rans")
+IMAGE_CODERS = ("png", "jpeg", "webp")
+CODERS = TENSOR_CODERS + IMAGE_CODERS
+#: Largest number of values one request may decode to (a 4×3×512×512 batch).
+MAX_ELEMENTS = 4 * 3 * 512 * 512
+ZSTD_LEVEL = 19
+_SYMBOLS = 256
+#: Pseudo-count added to every symbol, so a value never seen in training still codes.
+_PSEUDO_COUNT = 0.5
+_INSTALL = "install it with: pip install 'edgewire[split]'"
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Per-channel counts of the 256 uint8 codes, measured on a training set."""
+
+    counts: NDArray[np.int64]  # C × 256
+
+    def __post_init__(self) -> None:
+        c = self.counts
+        if c.ndim != 2 or c.shape[1] != _SYMBOLS or c.shape[0] < 1 or (c < 0).any():
+            raise DataError(f"a prior needs C×256 non-negative counts, got shape {c.shape}")
+
+    @property
+    def channels(self) -> int:
+        return int(self.counts.shape[0])
+
+    @classmethod
+    def measure(cls, q: NDArray[np.uint8]) -> Prior:
+        """The prior of codes ``q`` (N×C×H×W uint8)."""
+        if q.dtype != np.uint8 or q.ndim != 4:
+            raise DataError(f"a prior is measured on N×C×H×W uint8 codes, got {q.dtype}{q.shape}")
+        per_channel = np.moveaxis(q, 1, 0).reshape(q.shape[1], -1)
+        counts = np.stack([np.bincount(row, minlength=_SYMBOLS) for row in per_channel])
+        return cls(counts.astype(np.int64))
+
+    def probabilities(self) -> NDArray[np.float64]:
+        p = self.counts.astype(np.float64) + _PSEUDO_COUNT
+        out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
+        return out
+
+    def bits_per_value(self) -> float:
+        """The prior's own entropy: what rANS should reach, per value, on average."""
+        p = self.probabilities()
+        weights = self.counts.sum(axis=1) / max(int(self.counts.sum()), 1)
+        entropy = -(p * np.log2(p)).sum(axis=1)
+        return float((weights * entropy).sum())
+
+    def to_json(self) -> str:
+        return json.dumps({"format": 1, "counts": self.counts.tolist()}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Prior:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("format") != 1:
+                raise ValueError("not a format-1 prior")
+            counts = np.asarray(data["counts"], dtype=np.int64)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise DataError(f"unreadable bottleneck prior: {exc}") from None
+        return cls(counts)
+
+
+def check_coder(coder: object) -> str:
+    if not isinstance(coder, str) or coder not in CODERS:
+        raise DataError(f"unknown coder {coder!r}; one of: {', '.join(CODERS)}")
+    return coder
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """A request's N×C×H×W, refused before allocation when odd or over MAX_ELEMENTS."""
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) != 4
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise DataError(f"'shape' must be four positive integers N, C, H, W; got {shape!r}")
+    dims = tuple(int(d) for d in shape)
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise DataError(f"shape {list(dims)} holds over {MAX_ELEMENTS:,} values")
+    return dims
+
+
+def encode(
+    q: NDArray[np.uint8], coder: str, prior: Prior | None = None, *, quality: int = 75
+) -> bytes:
+    """The bytes of ``q`` (N×C×H×W uint8) under ``coder``; ``quality`` for jpeg/webp."""
+    check_coder(coder)
+    if q.dtype != np.uint8 or q.ndim != 4:
+        raise DataError(f"codes are N×C×H×W uint8, got {q.dtype}{q.shape}")
+    q = np.ascontiguousarray(q)
+    if coder == "raw":
+        return q.tobytes()
+    if coder == "zstd":
+        return bytes(_zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(q.tobytes()))
+    if coder == "rans":
+        return _rans_encode(q, _need_prior(prior, q.shape[1]))
+    return _image_encode(q, coder, quality)
+
+
+def decode(
+    data: bytes | memoryview, shape: Sequence[int], coder: str, prior: Prior | None = None
+) -> NDArray[np.uint8]:
+    """The uint8 tensor of ``shape`` that ``data`` codes; DataError if it does not."""
+    check_coder(coder)
+    dims = check_shape(list(shape))
+    n = math.prod(dims)
+    if coder == "raw":
+        if len(data) != n:
+            raise DataError(f"{len(data)} raw bytes for shape {list(dims)} ({n} values)")
+        return np.frombuffer(bytes(data), dtype=np.uint8).reshape(dims)
+    if coder == "zstd":
+        return _zstd_decode(bytes(data), dims)
+    if coder == "rans":
+        return _rans_decode(bytes(data), dims, _need_prior(prior, dims[1]))
+    return _image_decode(bytes(data), dims)
+
+
+def _need_prior(prior: Prior | None, channels: int) -> Prior:
+    if prior is None:
+        raise DataError("coder 'rans' needs the model's bottleneck prior; this model has none")
+    if prior.channels != channels:
+        raise DataError(f"the prior has {prior.channels} channels, the codes {channels}")
+    return prior
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise DependencyMissing(f"coder 'zstd' needs zstandard; {_INSTALL}") from exc
+    return zstandard
+
+
+def _zstd_decode(data: bytes, dims: tuple[int, ...]) -> NDArray[np.uint8]:
+    zstandard = _zstd()
+    n = math.prod(dims)
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=n)
+    except zstandard.ZstdError as exc:
+        raise DataError(f"bad zstd data: {exc}") from None
+    if len(out) != n:
+        raise DataError(f"zstd data holds {len(out)} bytes, shape {list(dims)} needs {n}")
+    return np.frombuffer(out, dtype=np.uint8).reshape(dims)
+
+
+def _constriction() -> Any:
+    try:
+        import constriction
+    except ImportError as exc:
+        raise DependencyMissing(f"coder 'rans' needs constriction; {_INSTALL}") from exc
+    return constriction
+
+
+_MODELS: dict[bytes, list[Any]] = {}
+
+
+def _models(prior: Prior) -> list[Any]:
+    """One categorical model a channel (cached: building them is the costly part)."""
+    key = prior.counts.tobytes()
+    found = _MODELS.get(key)
+    if found is None:
+        categorical = _constriction().stream.model.Categorical
+        found = [categorical(p, perfect=False) for p in prior.probabilities()]
+        if len(_MODELS) >= 16:
+            _MODELS.clear()
+        _MODELS[key] = found
+    return found
+
+
+def _rans_encode(q: NDArray[np.uint8], prior: Prior) -> bytes:
+    models = _models(prior)
+    coder = _constriction().stream.stack.AnsCoder()
+    per_channel = np.moveaxis(q, 1, 0).reshape(q.shape[1], -1).astype(np.int32)
+    # A stack coder: the last channel goes in first, so the first comes out first.
+    for channel in reversed(range(q.shape[1])):
+        coder.encode_reverse(per_channel[channel], models[channel])
+    words: NDArray[np.uint32] = coder.get_compressed()
+    return words.astype("<u4").tobytes()
+
+
+def _rans_decode(data: bytes, dims: tuple[int, ...], prior: Prior) -> NDArray[np.uint8]:
+    if len(data) % 4:
+        raise DataError(f"rans data is {len(data)} bytes, not whole 32-bit words")
+    models = _models(prior)
+    n, c, h, w = dims
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    try:
+        coder = _constriction().stream.stack.AnsCoder(words)
+        channels = [coder.decode(models[ch], n * h * w) for ch in range(c)]
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise DataError(f"bad rans data: {exc}") from None
+    if not coder.is_empty():
+        raise DataError("rans data holds more than the shape's values")
+    stacked = np.stack(channels).astype(np.uint8).reshape(c, n, h, w)
+    return np.ascontiguousarray(np.moveaxis(stacked, 0, 1))
+
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _image_encode(q: NDArray[np.uint8], coder: str, quality: int) -> bytes:
+    from PIL import Image
+
+    n, c, _, _ = q.shape
+    if n != 1 or c not in (1, 3):
+        raise DataError(f"an image file holds one grey or RGB input, not {list(q.shape)}")
+    hwc = np.moveaxis(q[0], 0, -1)
+    image = Image.fromarray(hwc[:, :, 0] if c == 1 else hwc, mode="L" if c == 1 else "RGB")
+    buf = io.BytesIO()
+    if coder == "png":
+        image.save(buf, format="PNG", optimize=True)
+    elif coder == "jpeg":
+        image.save(buf, format="JPEG", quality=quality, optimize=True)
+    else:
+        image.save(buf, format="WEBP", quality=quality, method=6)
+    return buf.getvalue()
+
+
+def _image_decode(data: bytes, dims: tuple[int, ...]) -> NDArray[np.uint8]:
+    from PIL import Image, UnidentifiedImageError
+
+    n, c, h, w = dims
+    if n != 1 or c not in (1, 3):
+        raise DataError(f"an image file holds one grey or RGB input, not {list(dims)}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            # The header's size is checked before a pixel is decoded.
+            if image.size != (w, h):
+                raise DataError(
+                    f"image is {image.size[0]}×{image.size[1]}, the model needs {w}×{h}"
+                )
+            pixels = np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"unreadable image: {type(exc).__name__}") from None
+    chw = pixels[None] if c == 1 else np.moveaxis(pixels, -1, 0)
+    return np.ascontiguousarray(chw[None])
+
+
+def require_known(coder: str) -> None:
+    """Refuse a coder name given on the command line (ConfigError, exit 2)."""
+    if coder not in CODERS:
+        raise ConfigError(f"unknown --coder {coder!r}; one of: {', '.join(CODERS)}")

@@ -230,3 +230,49 @@ def test_bad_tail_requests_are_answered_and_the_connection_stays(
     with agent_in_thread(tmp_path / "server") as server:
         assert upload(server, files["tail"], "digits-tail").status_code == 201
         asyncio.run(run(server.native))
+
+
+def test_deploy_a_split_folder_then_split_run(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.cli.cli_run import run_cli
+
+    x = np.random.default_rng(3).random((1, *SHAPE), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    with (
+        agent_in_thread(tmp_path / "server") as server,
+        agent_in_thread(tmp_path / "device") as device,
+    ):
+        code, out = run_cli(
+            capsys, monkeypatch, "deploy", str(files["dir"]), "--to", f"127.0.0.1:{device.http}",
+            "--tail-to", f"127.0.0.1:{server.http}", "--tail-native", f"127.0.0.1:{server.native}",
+            "--name", "digits",
+        )  # fmt: skip
+        assert code == 0, out
+        for name in ("digits-tail", "digits-full", "digits"):
+            assert name in out
+        assert server.agent.serving.names() == ["digits-tail"]
+        assert device.agent.serving.names() == ["digits", "digits-full"]
+        expected = int(_direct(files, x).argmax())
+        code, out = run_cli(
+            capsys, monkeypatch, "split", "run", str(tmp_path / "x.npy"),
+            "--to", f"127.0.0.1:{device.native}", "--model", "digits",
+        )  # fmt: skip
+        assert code == 0, out
+        row = next(line for line in out.splitlines() if "x.npy" in line)
+        assert f"│ {expected} " in row, out
+        # A folder without --tail-to, or a file with it, is one line and nothing changes.
+        code, out = run_cli(
+            capsys, monkeypatch, "deploy", str(files["dir"]), "--to", f"127.0.0.1:{device.http}",
+            "--name", "other",
+        )  # fmt: skip
+        assert code == 2 and "needs --tail-to" in out
+        code, out = run_cli(
+            capsys, monkeypatch, "deploy", str(files["full"]), "--to", f"127.0.0.1:{device.http}",
+            "--tail-to", f"127.0.0.1:{server.http}", "--name", "other",
+        )  # fmt: skip
+        assert code == 2 and "for split folders" in out
+        assert "other" not in device.agent.serving.names()

@@ -26,7 +26,7 @@ from edgewire.errors import (
     RemoteError,
     error_for_code,
 )
-from edgewire.ports import DEFAULT_HTTP_PORT
+from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 
 CHUNK = 256 * 1024
@@ -119,8 +119,8 @@ def deploy_command(
     model: Path = typer.Argument(
         ...,
         exists=True,
-        dir_okay=False,
-        help="The model file: .onnx, or .tflite (the agent needs edgewire[tflite]).",
+        help="The model file (.onnx, or .tflite: the agent needs edgewire\\[tflite]), or a "
+        "split folder from `edgewire split build` (head.onnx, tail.onnx, full.onnx).",
     ),
     to: str = typer.Option(
         ..., "--to", help="Agent HOST:HTTP_PORT, or several separated by commas."
@@ -129,19 +129,84 @@ def deploy_command(
     alias: str = typer.Option(
         DEFAULT_ALIAS, "--alias", help="Alias that moves to the new version."
     ),
+    tail_to: str | None = typer.Option(
+        None,
+        "--tail-to",
+        help="Split folders: the server agent (HOST:HTTP_PORT) that runs the tail, as NAME-tail.",
+    ),
+    tail_native: str | None = typer.Option(
+        None,
+        "--tail-native",
+        help=f"Split folders: where the heads reach the tail \\[default: the --tail-to host, "
+        f"port {DEFAULT_NATIVE_PORT}].",
+    ),
+    coder: str | None = typer.Option(
+        None,
+        "--coder",
+        help="Split folders: how the bottleneck crosses: raw, zstd or rans "
+        "\\[default: rans when the head carries a prior].",
+    ),
+    fallback: bool = typer.Option(
+        True,
+        "--fallback/--no-fallback",
+        help="Split folders: also deploy full.onnx to the devices as NAME-full, which answers "
+        "requests sent with fallback=local when the tail server is unreachable.",
+    ),
     token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
 ) -> None:
-    """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias."""
+    """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias.
+
+    A split folder goes in three parts: the tail to --tail-to, then the full model and the head
+    (which learns where its tail lives) to each --to agent."""
     check_name(name)
     check_alias(alias)
-    size = model.stat().st_size
+    targets = _targets(to)
     table = Table(title=f"deploy {model.name} as {name!r} ({alias})")
-    for column in ("agent", "version", "sha256", "status"):
+    for column in ("agent", "model", "version", "sha256", "status"):
         table.add_column(column)
     failures: list[EdgewireError] = []
+    if model.is_dir():
+        _deploy_split(
+            model, targets, name=name, alias=alias, tail_to=tail_to, tail_native=tail_native,
+            coder=coder, fallback=fallback, token=token, timeout=timeout, table=table,
+            failures=failures,
+        )  # fmt: skip
+    else:
+        if tail_to is not None:
+            raise ConfigError("--tail-to is for split folders (head.onnx + tail.onnx), not a file")
+        _upload_all(model, targets, name, alias=alias, token=token, timeout=timeout, table=table,
+                    failures=failures)  # fmt: skip
+    console.print(table)
+    if failures:
+        raise deploy_failed(failures)
+
+
+def _targets(to: str) -> list[tuple[str, str, int]]:
+    found = []
     for target in [t.strip() for t in to.split(",") if t.strip()]:
         host, port = parse_address(target, default_port=DEFAULT_HTTP_PORT)
+        found.append((target, host, port))
+    if not found:
+        raise ConfigError("--to names no agent")
+    return found
+
+
+def _upload_all(
+    model: Path,
+    targets: list[tuple[str, str, int]],
+    name: str,
+    *,
+    alias: str,
+    token: str | None,
+    timeout: float,
+    table: Table,
+    failures: list[EdgewireError],
+) -> bool:
+    """Upload one file to each target, a table row each; True if every one took it."""
+    size = model.stat().st_size
+    ok = True
+    for target, host, port in targets:
         try:
             with Progress(
                 "[bold]" + target,
@@ -156,13 +221,74 @@ def deploy_command(
                     model, host=host, port=port, name=name, alias=alias, token=token, timeout=timeout,
                     on_progress=functools.partial(progress.advance, task),
                 )  # fmt: skip
-            table.add_row(target, str(body["version"]), body["sha256"][:12], "[green]serving[/]")
+            table.add_row(
+                target, name, str(body["version"]), body["sha256"][:12], "[green]serving[/]"
+            )
         except (ConnectError, RemoteError, AuthError) as exc:
+            ok = False
             failures.append(exc)
-            table.add_row(target, "-", "-", Text(exc.message, style="red"))
-    console.print(table)
-    if failures:
-        raise deploy_failed(failures)
+            table.add_row(target, name, "-", "-", Text(exc.message, style="red"))
+    return ok
+
+
+def _deploy_split(
+    folder: Path,
+    targets: list[tuple[str, str, int]],
+    *,
+    name: str,
+    alias: str,
+    tail_to: str | None,
+    tail_native: str | None,
+    coder: str | None,
+    fallback: bool,
+    token: str | None,
+    timeout: float,
+    table: Table,
+    failures: list[EdgewireError],
+) -> None:
+    import tempfile
+
+    from edgewire.split.codec import PRIOR_KEY, TENSOR_CODERS
+    from edgewire.split.route import Route, stamp_route
+
+    head, tail, full = folder / "head.onnx", folder / "tail.onnx", folder / "full.onnx"
+    if not head.is_file() or not tail.is_file():
+        raise ConfigError(f"{folder} is not a split folder: it needs head.onnx and tail.onnx")
+    if tail_to is None:
+        raise ConfigError("a split folder needs --tail-to HOST:HTTP_PORT, the server for the tail")
+    servers = _targets(tail_to)
+    if len(servers) != 1:
+        raise ConfigError("--tail-to names one server agent")
+    if coder is not None and coder not in TENSOR_CODERS:
+        raise ConfigError(f"unknown --coder {coder!r}; one of: {', '.join(TENSOR_CODERS)}")
+    if fallback and not full.is_file():
+        raise ConfigError(f"{folder} has no full.onnx for the fallback; add --no-fallback")
+    native_host, native_port = parse_address(
+        tail_native or servers[0][1], default_port=DEFAULT_NATIVE_PORT
+    )
+    tail_name, full_name = f"{name}-tail", f"{name}-full"
+    check_name(tail_name)
+    with tempfile.TemporaryDirectory(prefix="edgewire-split-") as tmp:
+        import onnx
+
+        props = {p.key for p in onnx.load(str(head), load_external_data=False).metadata_props}
+        route = Route(
+            host=native_host,
+            port=native_port,
+            tail=tail_name,
+            coder=coder or ("rans" if PRIOR_KEY in props else "zstd"),
+            fallback=full_name if fallback else None,
+        )
+        stamped = stamp_route(head, Path(tmp) / "head.onnx", route)
+        # The tail first: a head must never serve before its tail does.
+        if not _upload_all(tail, servers, tail_name, alias=alias, token=token, timeout=timeout,
+                           table=table, failures=failures):  # fmt: skip
+            return
+        if fallback and not _upload_all(full, targets, full_name, alias=alias, token=token,
+                                        timeout=timeout, table=table, failures=failures):  # fmt: skip
+            return
+        _upload_all(stamped, targets, name, alias=alias, token=token, timeout=timeout,
+                    table=table, failures=failures)  # fmt: skip
 
 
 def deploy_failed(failures: list[EdgewireError]) -> EdgewireError:

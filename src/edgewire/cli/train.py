@@ -141,9 +141,13 @@ def run_command(
     output: Path = typer.Option(
         Path("model.onnx"), "--output", "-o", help="Where the ONNX model goes."
     ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Also save the trained model here (for edgewire split build)."
+    ),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
+    from edgewire.train.checkpoint import save_checkpoint
     from edgewire.train.local import train_local
     from edgewire.train.trainer import Trainer, TrainSpec
 
@@ -161,6 +165,12 @@ def run_command(
             trainer, train, val, epochs=epochs, batch_size=batch_size, seed=seed, on_event=display
         )
     summary["onnx"] = str(trainer.export_onnx(output))
+    if checkpoint is not None:
+        # What split build needs to load the same data again.
+        meta = {"data": data, "image_size": image_size, "limit": limit, "seed": seed,
+                "val_fraction": val_fraction, "epochs": epochs}  # fmt: skip
+        save_checkpoint(trainer, checkpoint, meta=meta)
+        summary["checkpoint"] = str(checkpoint)
     if not as_json:
         print_summary(summary, samples_per_s=display.samples_per_s, title="local run")
 

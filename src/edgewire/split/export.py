@@ -3,19 +3,22 @@
 The head takes float32 N×C×H×W in 0..1 and gives the uint8 bottleneck (Round and
 Clip before the Cast, so every runtime produces the same bytes); the tail takes
 that uint8 tensor and gives logits. Both carry ``metadata_props``: the split point,
-the bottleneck shape, and the quantisation (scale, zero point).
+the bottleneck shape, and the quantisation (scale, zero point), plus any ``extra``
+entries the caller adds (the coder's prior, for one).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgewire import fsutil
+from edgewire.errors import ConfigError
 from edgewire.split.model import SCALE, ZERO_POINT, SplitModel
 
 HEAD_FILE, TAIL_FILE = "head.onnx", "tail.onnx"
@@ -51,14 +54,23 @@ def metadata(model: SplitModel) -> dict[str, str]:
     }
 
 
-def export_split(model: SplitModel, out: Path) -> tuple[Path, Path]:
-    """Write ``head.onnx`` and ``tail.onnx`` into ``out`` (each checked, then renamed in)."""
+def export_split(
+    model: SplitModel, out: Path, *, extra: Mapping[str, str] | None = None
+) -> tuple[Path, Path]:
+    """Write ``head.onnx`` and ``tail.onnx`` into ``out`` (each checked, then renamed in).
+
+    ``extra`` adds metadata_props to both files; it may not replace the split's own keys.
+    """
     import onnx
 
+    props = metadata(model)
+    clash = sorted(set(props) & set(extra or {}))
+    if clash:
+        raise ConfigError(f"extra metadata may not replace {', '.join(clash)}")
+    props.update(extra or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    props = metadata(model)
     head_in = torch.zeros(1, *model.input_shape)
     tail_in = torch.zeros(1, *model.bottleneck_shape, dtype=torch.uint8)
     # The wrappers start in eval mode: the exporter restores each module's mode

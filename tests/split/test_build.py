@@ -105,10 +105,11 @@ def test_both_files_carry_the_prior_and_the_split_metadata(built: BuildResult) -
         assert props[codec.PRIOR_KEY] == built.prior.to_json()
         assert props["edgewire.split.at"] == "stage2"
         assert json.loads(props["edgewire.split.bottleneck_shape"]) == [4, 8, 8]
-        assert json.loads(props["edgewire.split.quant"])["dtype"] == "uint8"
+        quant = json.loads(props["edgewire.split.quant"])
+        assert quant["dtype"] == "uint8" and quant["levels"] == 16 and quant["scale"] == 1 / 15
     # The prior read back from the file codes and decodes the codes.
     prior = codec.Prior.from_json(props[codec.PRIOR_KEY])
-    q = np.random.default_rng(0).integers(0, 256, (2, 4, 8, 8), dtype=np.uint8)
+    q = np.random.default_rng(0).integers(0, prior.levels, (2, 4, 8, 8), dtype=np.uint8)
     data = codec.encode(q, "rans", prior)
     np.testing.assert_array_equal(codec.decode(data, q.shape, "rans", prior), q)
 

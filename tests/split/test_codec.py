@@ -50,8 +50,9 @@ def test_the_prior_survives_json_and_refuses_junk() -> None:
     prior = Prior.measure(_codes(np.random.default_rng(1), (10, 3, 4, 4)))
     again = Prior.from_json(prior.to_json())
     assert np.array_equal(again.counts, prior.counts)
-    for junk in ("", "[]", '{"format": 2, "counts": []}', '{"format": 1, "counts": [[1, 2]]}',
-                 '{"format": 1, "counts": [[-1]]}', '{"format": 1}'):  # fmt: skip
+    for junk in ("", "[]", '{"format": 1, "counts": []}', '{"format": 2, "levels": 4}',
+                 '{"format": 2, "levels": 2, "counts": [[1, 2]]}', '{"format": 2, "levels": 300, "counts": []}',
+                 '{"format": 2, "levels": 256, "counts": [[-1]]}', '{"format": 2, "levels": true, "counts": []}'):  # fmt: skip
         with pytest.raises(DataError):
             Prior.from_json(junk)
 
@@ -102,3 +103,50 @@ def test_rans_needs_a_prior_of_the_same_width() -> None:
         codec.encode(q, "rans", None)
     with pytest.raises(DataError, match="1 channels, the codes 2"):
         codec.encode(q, "rans", Prior.measure(np.zeros((1, 1, 2, 2), np.uint8)))
+
+
+def _smooth_codes(rng: np.random.Generator, shape: tuple[int, ...], levels: int) -> np.ndarray:
+    """Codes like a feature map's: neighbours alike, channels alike (a blurred field)."""
+    n, c, h, w = shape
+    field = rng.normal(size=(n, 1, h + 4, w + 4))
+    kernel = np.ones(5) / 5
+    for axis in (2, 3):
+        field = np.apply_along_axis(lambda v: np.convolve(v, kernel, "valid"), axis, field)
+    field = field + 0.15 * rng.normal(size=(n, c, h, w))
+    q = np.clip(np.round((field / 1.2 + 0.5) * (levels - 1)), 0, levels - 1)
+    return q.astype(np.uint8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(2, 32),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.integers(0, 2**16),
+)
+def test_conditional_priors_round_trip(levels: int, n: int, c: int, side: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    prior = Prior.measure(
+        rng.integers(0, levels, size=(4, c, side, side), dtype=np.uint8), levels=levels
+    )
+    assert prior.conditional
+    q = rng.integers(0, levels, size=(n, c, side, side), dtype=np.uint8)
+    back = codec.decode(codec.encode(q, "rans", prior), q.shape, "rans", prior)
+    assert np.array_equal(back, q)
+    assert np.array_equal(Prior.from_json(prior.to_json()).counts, prior.counts)
+
+
+def test_the_conditional_prior_sees_what_zstd_sees_and_more() -> None:
+    rng = np.random.default_rng(4)
+    prior = Prior.measure(_smooth_codes(rng, (400, 2, 16, 16), 16), levels=16)
+    q = _smooth_codes(rng, (50, 2, 16, 16), 16)
+    rans = np.mean([len(codec.encode(q[i : i + 1], "rans", prior)) for i in range(50)])
+    zstd = np.mean([len(codec.encode(q[i : i + 1], "zstd")) for i in range(50)])
+    assert rans < 0.85 * zstd
+
+
+def test_a_code_over_the_levels_is_refused() -> None:
+    prior = Prior.measure(np.zeros((1, 1, 2, 2), np.uint8), levels=4)
+    with pytest.raises(DataError, match="over the prior's 4 levels"):
+        codec.encode(np.full((1, 1, 2, 2), 4, np.uint8), "rans", prior)

@@ -14,6 +14,7 @@ from rich.table import Table
 from edgewire.cli.common import console
 from edgewire.cli.split_run import split_run_command
 from edgewire.errors import ConfigError
+from edgewire.split.codec import DEFAULT_LEVELS
 
 if TYPE_CHECKING:
     from edgewire.split.build import BuildResult
@@ -47,6 +48,12 @@ def build_command(
     at: str = typer.Option(..., "--at", help="The stage after which to cut (see split profile)."),
     channels: int = typer.Option(4, "--bottleneck-channels", help="Channels of the bottleneck."),
     quant: str = typer.Option("uint8", "--quant", help="Bottleneck quantisation (uint8 only)."),
+    levels: int = typer.Option(
+        DEFAULT_LEVELS, "--levels", min=2, max=256, help="Quantisation levels of each code."
+    ),
+    rate_weight: float | None = typer.Option(
+        None, "--rate-weight", min=0.0, help="Weight of the rate penalty (smaller codes)."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for head.onnx, tail.onnx, full.onnx."),
     data: str | None = typer.Option(
         None, help=r"Training data \[default: the data the checkpoint was trained on]."
@@ -70,9 +77,10 @@ def build_command(
         kd_epochs=plan.kd_epochs if kd_epochs is None else kd_epochs,
         batch_size=plan.batch_size if batch_size is None else batch_size,
         lr=plan.lr if lr is None else lr,
+        rate_weight=plan.rate_weight if rate_weight is None else rate_weight,
     )
     options = BuildOptions(
-        at=at, channels=channels, quant=quant, data=data, image_size=image_size, limit=limit,
+        at=at, channels=channels, levels=levels, quant=quant, data=data, image_size=image_size, limit=limit,
         val_fraction=val_fraction, seed=seed, plan=plan,
     )  # fmt: skip
     job = plan_build(source, out, options)

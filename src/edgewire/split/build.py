@@ -34,9 +34,10 @@ from edgewire import fsutil
 from edgewire.data.datasets import Dataset, load_dataset
 from edgewire.errors import CheckpointError, ConfigError, DataError
 from edgewire.split import codec
+from edgewire.split.codec import DEFAULT_LEVELS
 from edgewire.split.distill import DistillPlan, Progress, accuracy, distill
 from edgewire.split.export import HEAD_FILE, TAIL_FILE, export_split
-from edgewire.split.model import SCALE, ZERO_POINT, SplitModel, SplitSpec
+from edgewire.split.model import ZERO_POINT, SplitModel, SplitSpec
 from edgewire.train.checkpoint import load_checkpoint
 from edgewire.train.session import CHECKPOINT_NAME
 from edgewire.train.trainer import Trainer
@@ -52,6 +53,7 @@ class BuildOptions:
 
     at: str
     channels: int = 4
+    levels: int = DEFAULT_LEVELS
     quant: str = "uint8"
     data: str | None = None
     image_size: int | None = None
@@ -131,7 +133,7 @@ def plan_build(source: Path, out: Path, options: BuildOptions) -> BuildJob:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a folder")
-    split_spec = SplitSpec(at=options.at, channels=options.channels)
+    split_spec = SplitSpec(at=options.at, channels=options.channels, levels=options.levels)
     trainer, meta, path = load_teacher(source)
     shape = input_shape(trainer)
     torch.manual_seed(options.seed)
@@ -193,7 +195,12 @@ def summary(job: BuildJob, *, teacher_acc: float, student_acc: float,
         "input_shape": list(student.input_shape),
         "feature_shape": list(student.feature_shape),
         "bottleneck_shape": list(student.bottleneck_shape),
-        "quant": {"dtype": job.options.quant, "scale": SCALE, "zero_point": ZERO_POINT},
+        "quant": {
+            "dtype": job.options.quant,
+            "scale": student.scale,
+            "zero_point": ZERO_POINT,
+            "levels": student.spec.levels,
+        },
         "classes": list(job.train.classes),
         "data": job.data,
         "train_samples": len(job.train),
@@ -211,7 +218,7 @@ def run_build(job: BuildJob, *, progress: Progress | None = None) -> BuildResult
     distill(teacher, student, job.train.x, job.train.y, plan=job.options.plan, progress=progress)
     teacher_acc = accuracy(teacher, job.val.x, job.val.y)
     student_acc = accuracy(student, job.val.x, job.val.y)
-    prior = codec.Prior.measure(codes(student, job.train.x))
+    prior = codec.Prior.measure(codes(student, job.train.x), levels=student.spec.levels)
     sizes = bytes_per_sample(codes(student, job.val.x), prior)
     job.out.mkdir(parents=True, exist_ok=True)
     head, tail = export_split(student, job.out, extra={codec.PRIOR_KEY: prior.to_json()})

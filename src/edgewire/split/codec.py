@@ -41,7 +41,12 @@ CODERS = TENSOR_CODERS + IMAGE_CODERS
 #: Largest number of values one request may decode to (a 4×3×512×512 batch).
 MAX_ELEMENTS = 4 * 3 * 512 * 512
 ZSTD_LEVEL = 19
+#: Quantisation levels of a bottleneck code unless told otherwise: 16 (4 bits' worth in
+#: each byte) leaves the entropy coder far less to code than 256 (see docs/split.md).
+DEFAULT_LEVELS = 16
 _SYMBOLS = 256
+#: Up to this many levels a prior is conditional on each code's neighbours.
+MAX_CONTEXT_LEVELS = 32
 #: Pseudo-count added to every symbol, so a value never seen in training still codes.
 _PSEUDO_COUNT = 0.5
 _INSTALL = "install it with: pip install 'edgewire[split]'"
@@ -49,53 +54,106 @@ _INSTALL = "install it with: pip install 'edgewire[split]'"
 
 @dataclass(frozen=True)
 class Prior:
-    """Per-channel counts of the 256 uint8 codes, measured on a training set."""
+    """Counts of the codes of each channel, measured on a training set.
 
-    counts: NDArray[np.int64]  # C × 256
+    With at most :data:`MAX_CONTEXT_LEVELS` levels the counts are conditional: each code
+    is counted in the context of the code above it (same channel, previous row) and the
+    code at its place in the previous channel, both already decoded when it is decoded
+    (``levels`` stands for "none" at the first row and channel). Neighbouring codes of
+    a feature map are alike, which a per-value coder such as zstd only partly sees.
+    With more levels the counts are per channel only (a 256³ table would be too large).
+
+    ``counts`` is C × (L+1) × (L+1) × L (conditional) or C × L (per channel).
+    """
+
+    levels: int
+    counts: NDArray[np.int64]
 
     def __post_init__(self) -> None:
-        c = self.counts
-        if c.ndim != 2 or c.shape[1] != _SYMBOLS or c.shape[0] < 1 or (c < 0).any():
-            raise DataError(f"a prior needs C×256 non-negative counts, got shape {c.shape}")
+        c, n = self.counts, self.levels
+        if not isinstance(n, int) or not 2 <= n <= _SYMBOLS:
+            raise DataError(f"a prior has 2..256 levels, got {n!r}")
+        wanted = (n + 1, n + 1, n) if self.conditional else (n,)
+        if c.ndim != 1 + len(wanted) or c.shape[1:] != wanted or c.shape[0] < 1 or (c < 0).any():
+            raise DataError(
+                f"a {n}-level prior needs C×{'×'.join(map(str, wanted))} counts, got {c.shape}"
+            )
+
+    @property
+    def conditional(self) -> bool:
+        return self.levels <= MAX_CONTEXT_LEVELS
 
     @property
     def channels(self) -> int:
         return int(self.counts.shape[0])
 
     @classmethod
-    def measure(cls, q: NDArray[np.uint8]) -> Prior:
-        """The prior of codes ``q`` (N×C×H×W uint8)."""
+    def measure(cls, q: NDArray[np.uint8], *, levels: int = _SYMBOLS) -> Prior:
+        """The prior of codes ``q`` (N×C×H×W uint8, each below ``levels``)."""
         if q.dtype != np.uint8 or q.ndim != 4:
             raise DataError(f"a prior is measured on N×C×H×W uint8 codes, got {q.dtype}{q.shape}")
-        per_channel = np.moveaxis(q, 1, 0).reshape(q.shape[1], -1)
-        counts = np.stack([np.bincount(row, minlength=_SYMBOLS) for row in per_channel])
-        return cls(counts.astype(np.int64))
+        _check_levels(q, levels)
+        channels = q.shape[1]
+        if levels > MAX_CONTEXT_LEVELS:
+            per_channel = np.moveaxis(q, 1, 0).reshape(channels, -1)
+            counts = np.stack([np.bincount(row, minlength=levels) for row in per_channel])
+            return cls(levels, counts.astype(np.int64))
+        above, before = _contexts(q, levels)
+        flat = ((above.astype(np.int64) * (levels + 1) + before) * levels + q).reshape(
+            q.shape[0], channels, -1
+        )
+        size = (levels + 1) * (levels + 1) * levels
+        counts = np.stack(
+            [np.bincount(flat[:, ch].ravel(), minlength=size) for ch in range(channels)]
+        )
+        return cls(
+            levels, counts.reshape(channels, levels + 1, levels + 1, levels).astype(np.int64)
+        )
 
     def probabilities(self) -> NDArray[np.float64]:
+        """Each context's distribution over the codes (the last axis sums to 1)."""
         p = self.counts.astype(np.float64) + _PSEUDO_COUNT
-        out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
+        out: NDArray[np.float64] = p / p.sum(axis=-1, keepdims=True)
         return out
 
     def bits_per_value(self) -> float:
-        """The prior's own entropy: what rANS should reach, per value, on average."""
+        """The prior's own (conditional) entropy: what rANS should reach per value."""
         p = self.probabilities()
-        weights = self.counts.sum(axis=1) / max(int(self.counts.sum()), 1)
-        entropy = -(p * np.log2(p)).sum(axis=1)
-        return float((weights * entropy).sum())
+        total = max(int(self.counts.sum()), 1)
+        return float(-(self.counts * np.log2(p)).sum() / total)
 
     def to_json(self) -> str:
-        return json.dumps({"format": 1, "counts": self.counts.tolist()}, separators=(",", ":"))
+        body = {"format": 2, "levels": self.levels, "counts": self.counts.tolist()}
+        return json.dumps(body, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Prior:
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != 1:
-                raise ValueError("not a format-1 prior")
+            if not isinstance(data, dict) or data.get("format") != 2:
+                raise ValueError("not a format-2 prior")
+            levels = data["levels"]
+            if not isinstance(levels, int) or isinstance(levels, bool):
+                raise ValueError(f"levels {levels!r}")
             counts = np.asarray(data["counts"], dtype=np.int64)
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise DataError(f"unreadable bottleneck prior: {exc}") from None
-        return cls(counts)
+        return cls(levels, counts)
+
+
+def _check_levels(q: NDArray[np.uint8], levels: int) -> None:
+    if q.size and int(q.max()) >= levels:
+        raise DataError(f"a code of {int(q.max())} is over the prior's {levels} levels")
+
+
+def _contexts(q: NDArray[np.uint8], levels: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """Each code's context: the code above it and the one before it in the previous
+    channel (``levels`` where there is none)."""
+    above = np.full(q.shape, levels, dtype=np.uint8)
+    above[:, :, 1:] = q[:, :, :-1]
+    before = np.full(q.shape, levels, dtype=np.uint8)
+    before[:, 1:] = q[:, :-1]
+    return above, before
 
 
 def check_coder(coder: object) -> str:
@@ -189,29 +247,41 @@ def _constriction() -> Any:
     return constriction
 
 
-_MODELS: dict[bytes, list[Any]] = {}
+_TABLES: dict[bytes, Any] = {}
 
 
-def _models(prior: Prior) -> list[Any]:
-    """One categorical model a channel (cached: building them is the costly part)."""
+def _table(prior: Prior) -> Any:
+    """The prior's probabilities (cached: normalising a large table is the costly part),
+    or for a per-channel prior one categorical model a channel."""
     key = prior.counts.tobytes()
-    found = _MODELS.get(key)
+    found = _TABLES.get(key)
     if found is None:
         categorical = _constriction().stream.model.Categorical
-        found = [categorical(p, perfect=False) for p in prior.probabilities()]
-        if len(_MODELS) >= 16:
-            _MODELS.clear()
-        _MODELS[key] = found
+        p = prior.probabilities()
+        found = p if prior.conditional else [categorical(row, perfect=False) for row in p]
+        if len(_TABLES) >= 16:
+            _TABLES.clear()
+        _TABLES[key] = found
     return found
 
 
 def _rans_encode(q: NDArray[np.uint8], prior: Prior) -> bytes:
-    models = _models(prior)
+    _check_levels(q, prior.levels)
+    table = _table(prior)
     coder = _constriction().stream.stack.AnsCoder()
-    per_channel = np.moveaxis(q, 1, 0).reshape(q.shape[1], -1).astype(np.int32)
-    # A stack coder: the last channel goes in first, so the first comes out first.
-    for channel in reversed(range(q.shape[1])):
-        coder.encode_reverse(per_channel[channel], models[channel])
+    channels, rows = q.shape[1], q.shape[2]
+    if prior.conditional:
+        family = _constriction().stream.model.Categorical(perfect=False)
+        above, before = _contexts(q, prior.levels)
+        # A stack coder: what is decoded first goes in last.
+        for ch in reversed(range(channels)):
+            for r in reversed(range(rows)):
+                probs = table[ch][above[:, ch, r].ravel(), before[:, ch, r].ravel()]
+                coder.encode_reverse(q[:, ch, r].ravel().astype(np.int32), family, probs)
+    else:
+        per_channel = np.moveaxis(q, 1, 0).reshape(channels, -1).astype(np.int32)
+        for ch in reversed(range(channels)):
+            coder.encode_reverse(per_channel[ch], table[ch])
     words: NDArray[np.uint32] = coder.get_compressed()
     return words.astype("<u4").tobytes()
 
@@ -219,18 +289,29 @@ def _rans_encode(q: NDArray[np.uint8], prior: Prior) -> bytes:
 def _rans_decode(data: bytes, dims: tuple[int, ...], prior: Prior) -> NDArray[np.uint8]:
     if len(data) % 4:
         raise DataError(f"rans data is {len(data)} bytes, not whole 32-bit words")
-    models = _models(prior)
+    table = _table(prior)
     n, c, h, w = dims
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    out = np.empty(dims, dtype=np.uint8)
     try:
         coder = _constriction().stream.stack.AnsCoder(words)
-        channels = [coder.decode(models[ch], n * h * w) for ch in range(c)]
+        if prior.conditional:
+            none = np.full((n, w), prior.levels, dtype=np.uint8)
+            family = _constriction().stream.model.Categorical(perfect=False)
+            for ch in range(c):
+                for r in range(h):
+                    above = out[:, ch, r - 1] if r else none
+                    before = out[:, ch - 1, r] if ch else none
+                    probs = table[ch][above.ravel(), before.ravel()]
+                    out[:, ch, r] = coder.decode(family, probs).reshape(n, w)
+        else:
+            for ch in range(c):
+                out[:, ch] = coder.decode(table[ch], n * h * w).reshape(n, h, w)
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise DataError(f"bad rans data: {exc}") from None
     if not coder.is_empty():
         raise DataError("rans data holds more than the shape's values")
-    stacked = np.stack(channels).astype(np.uint8).reshape(c, n, h, w)
-    return np.ascontiguousarray(np.moveaxis(stacked, 0, 1))
+    return out
 
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}

@@ -34,6 +34,9 @@ class DistillPlan:
     temperature: float = 4.0
     #: Weight of the KL term against the label cross-entropy in stage 2.
     kd_weight: float = 0.7
+    #: Weight of the rate penalty (the mean bottleneck value, pushing codes towards 0,
+    #: which the entropy coder then codes in fewer bits), in both stages.
+    rate_weight: float = 0.0
     seed: int = 0
 
 
@@ -87,7 +90,8 @@ def distill(
             xb = _tensor(x[idx])
             with torch.no_grad():
                 target = teacher_features(teacher, at, xb)
-            loss = F.mse_loss(student.features(xb), target)
+            z = student.bottleneck(xb)
+            loss = F.mse_loss(student.features(xb, z), target) + plan.rate_weight * z.mean()
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
@@ -107,12 +111,15 @@ def distill(
             xb = _tensor(x[idx])
             with torch.no_grad():
                 soft = F.log_softmax(teacher(xb) / t, dim=1)
-            logits = student(xb)
+            z = student.bottleneck(xb)
+            logits = student.tail(student.features(xb, z))
             kd = F.kl_div(
                 F.log_softmax(logits / t, dim=1), soft, log_target=True, reduction="batchmean"
             )
-            loss = plan.kd_weight * kd * t * t + (1 - plan.kd_weight) * F.cross_entropy(
-                logits, labels[idx]
+            loss = (
+                plan.kd_weight * kd * t * t
+                + (1 - plan.kd_weight) * F.cross_entropy(logits, labels[idx])
+                + plan.rate_weight * z.mean()
             )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)

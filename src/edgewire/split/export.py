@@ -19,7 +19,7 @@ from torch import nn
 
 from edgewire import fsutil
 from edgewire.errors import ConfigError
-from edgewire.split.model import SCALE, ZERO_POINT, SplitModel
+from edgewire.split.model import ZERO_POINT, SplitModel
 
 HEAD_FILE, TAIL_FILE = "head.onnx", "tail.onnx"
 HEAD_IN, BOTTLENECK, TAIL_OUT = "input_0", "bottleneck", "output_0"
@@ -49,7 +49,12 @@ def metadata(model: SplitModel) -> dict[str, str]:
         "edgewire.split.bottleneck_shape": json.dumps(list(model.bottleneck_shape)),
         "edgewire.split.feature_shape": json.dumps(list(model.feature_shape)),
         "edgewire.split.quant": json.dumps(
-            {"dtype": "uint8", "scale": SCALE, "zero_point": ZERO_POINT}
+            {
+                "dtype": "uint8",
+                "scale": model.scale,
+                "zero_point": ZERO_POINT,
+                "levels": model.spec.levels,
+            }
         ),
     }
 

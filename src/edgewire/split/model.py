@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from edgewire.errors import ConfigError
+from edgewire.split.codec import DEFAULT_LEVELS
 from edgewire.train.models import LeNet5, MnistCNN, ResNetSmall
 
-#: Bottleneck values are uint8 codes q; the float they stand for is q * SCALE.
+#: Bottleneck values are uint8 codes q in 0..levels-1; the float they stand for is
+#: (q - ZERO_POINT) * scale, with scale = 1 / (levels - 1) (SCALE for all 256 levels).
 SCALE = 1.0 / 255.0
 ZERO_POINT = 0
 
@@ -62,10 +64,18 @@ class SplitSpec:
 
     at: str
     channels: int = 4
+    #: Quantisation levels of each code (2..256), all stored as uint8.
+    levels: int = DEFAULT_LEVELS
 
     def __post_init__(self) -> None:
         if not 1 <= self.channels <= 256:
             raise ConfigError(f"bottleneck channels must be in 1..256, got {self.channels!r}")
+        if not 2 <= self.levels <= 256:
+            raise ConfigError(f"quantisation levels must be in 2..256, got {self.levels!r}")
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / (self.levels - 1)
 
 
 class Encoder(nn.Module):
@@ -110,9 +120,9 @@ class Decoder(nn.Module):
         return out[:, :, :h, :w]
 
 
-def quantize(z: torch.Tensor) -> torch.Tensor:
+def quantize(z: torch.Tensor, levels: int = 256) -> torch.Tensor:
     """uint8 codes (as float) of values in 0..1: Round, then Clip, as the export does."""
-    return torch.clamp(torch.round(z / SCALE) + ZERO_POINT, 0, 255)
+    return torch.clamp(torch.round(z * (levels - 1)) + ZERO_POINT, 0, levels - 1)
 
 
 class SplitModel(nn.Module):
@@ -145,10 +155,20 @@ class SplitModel(nn.Module):
         with torch.no_grad():
             self.bottleneck_shape = tuple(int(d) for d in self.encoder(feat).shape[1:])
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def scale(self) -> float:
+        return self.spec.scale
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's values in (0, 1) before rounding (what a rate penalty sees)."""
+        out: torch.Tensor = self.encoder(self.head(x))
+        return out
+
+    def features(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """The student's reconstruction of the teacher's features at the cut."""
-        z = self.encoder(self.head(x))
-        q = z + (quantize(z) * SCALE - z).detach()  # straight-through rounding
+        z = self.bottleneck(x) if z is None else z
+        levels = self.spec.levels
+        q = z + (quantize(z, levels) * self.scale - z).detach()  # straight-through rounding
         out: torch.Tensor = self.decoder(q)
         return out
 
@@ -158,9 +178,10 @@ class SplitModel(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The uint8 bottleneck for ``x`` (what crosses the network)."""
-        return quantize(self.encoder(self.head(x))).to(torch.uint8)
+        return quantize(self.bottleneck(x), self.spec.levels).to(torch.uint8)
 
     def decode(self, q: torch.Tensor) -> torch.Tensor:
         """Logits from a uint8 bottleneck."""
-        out: torch.Tensor = self.tail(self.decoder((q.to(torch.float32) - ZERO_POINT) * SCALE))
+        z = (q.to(torch.float32) - ZERO_POINT) * self.scale
+        out: torch.Tensor = self.tail(self.decoder(z))
         return out

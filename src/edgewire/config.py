@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgewire.automation.config import AutomationConfig, load_automation
 from edgewire.errors import ConfigError
 from edgewire.ports import (
     DEFAULT_HTTP_PORT,
@@ -48,6 +49,9 @@ def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "edgewire"
 
+
+#: A field's ``metadata["table"]``: builds its value from a TOML table.
+TableLoader = Callable[..., Any]
 
 # A field's ``metadata["expect"]``: what a valid value is, in words, and the test.
 Expect = tuple[str, Callable[[Any], bool]]
@@ -136,6 +140,10 @@ class AgentConfig:
     #: stand for a device that computes K× slower than this machine (1: off).
     emulate_slowdown: float = dataclasses.field(
         default=1.0, metadata=_expect("at least 1", lambda value: value >= 1)
+    )
+    #: Webhooks, polling and the job queue (the file's ``[automation]`` table; None: off).
+    automation: AutomationConfig | None = dataclasses.field(
+        default=None, metadata={"table": load_automation}
     )
 
     def __post_init__(self) -> None:
@@ -235,14 +243,19 @@ def load_config(
     """Merge defaults < file < env < flags into a ``cls``.
 
     Keys are field names, or ``legacy_<name>_port`` when ``cls`` has ``legacy_ports``;
-    flags whose value is None are 'not given', and so are empty env variables.
+    flags whose value is None are 'not given', and so are empty env variables. A field
+    whose metadata names a ``table`` loader is read from the file's table of that name
+    (``[automation]``), by that loader, and from nowhere else.
     """
     loader = _Loader(cls)
+    env = os.environ if environ is None else environ
     if config_file is not None:
         where = f"file {str(config_file)!r}"
-        for key, value in _read_toml(config_file).items():
+        section, tables = _read_toml(config_file, tables=loader.tables)
+        for key, value in section.items():
             loader.put(key.replace("-", "_"), value, where, key=key)
-    env = os.environ if environ is None else environ
+        for name, raw in tables.items():
+            loader.values[name] = loader.tables[name](raw, source=where, environ=env)
     for name in loader.names():
         variable = ENV_PREFIX + name.upper()
         raw = env.get(variable)
@@ -254,22 +267,30 @@ def load_config(
     return cls(**loader.values)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, *, tables: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``[agent]`` settings (the whole file when it has no ``[agent]``), and the
+    top-level tables named in ``tables``."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
+    found = {name: raw.pop(name) for name in tables if name in raw}
     section = raw.get("agent", raw)
     if not isinstance(section, dict):
         raise ConfigError(f"[agent] in {str(path)!r} must be a table, got {section!r}")
-    return section
+    return section, found
 
 
 class _Loader:
     """The values given so far for one config class, coerced and checked as they come."""
 
     def __init__(self, cls: type[DataclassInstance]) -> None:
-        self._fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        #: Fields read from a table of the file by a loader of their own, not key by key.
+        self.tables: dict[str, TableLoader] = {
+            f.name: f.metadata["table"] for f in fields if "table" in f.metadata
+        }
+        self._fields = {f.name: f for f in fields if f.name not in self.tables}
         self._hints = typing.get_type_hints(cls)
         self._ports = "legacy_ports" in self._fields
         self.values: dict[str, Any] = {}

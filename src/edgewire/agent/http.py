@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -19,16 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from edgewire import __version__
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import BodyHold, error_response, holding, read_body
-from edgewire.agent.management import management_routes
+from edgewire.agent.management import Endpoint, management_routes
 from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve
 from edgewire.serve.model import TensorInfo
+
+Route = tuple[str, Endpoint, list[str]]
 
 #: Inference bodies up to this size are parsed on the event loop; bigger ones in a thread.
 PARSE_INLINE_BYTES = 256 * 1024
 
 
-def create_app(agent: PortContext) -> FastAPI:
+def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
+    """The app; ``routes`` are more ``(path, endpoint, methods)`` to mount (automation's)."""
     # No /openapi.json: it would list the management routes to anyone, token or not.
     app = FastAPI(
         title="edgewire agent",
@@ -152,7 +156,7 @@ def create_app(agent: PortContext) -> FastAPI:
         app.router.add_route(prefix + "/ready", model_ready, methods=["GET"])
         app.router.add_route(prefix + "/config", model_config, methods=["GET"])
         app.router.add_route(prefix + "/infer", infer, methods=["POST"])
-    for path, endpoint, methods in management_routes(agent):
+    for path, endpoint, methods in [*management_routes(agent), *routes]:
         app.router.add_route(path, endpoint, methods=methods)
     return app
 

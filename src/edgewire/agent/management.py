@@ -49,6 +49,7 @@ from edgewire.errors import (
 )
 from edgewire.fsutil import disk_errors
 from edgewire.jsonsafe import loads_strict
+from edgewire.serve.model import ModelVersion
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 from edgewire.wire.stream import ByteBudget
 
@@ -129,6 +130,58 @@ def _status(exc: EdgewireError, method: str) -> int | None:
     return None
 
 
+async def add_and_serve(
+    agent: PortContext,
+    name: str,
+    path: Path,
+    *,
+    alias: str = DEFAULT_ALIAS,
+    sha256: str | None = None,
+    file_name: str | None = None,
+    activate: bool = True,
+) -> ModelVersion:
+    """Store the model at ``path`` (companions beside it) as the next version of ``name``
+    and, with ``activate``, load and warm it up and only then move ``alias`` to it.
+
+    What uploads and automated deploys share, so that both check a model the same way. A
+    version that does not load is deleted and the old one keeps serving; an alias that
+    cannot move leaves what it still names serving.
+    """
+    serving = agent.serving
+    store = serving.store
+    try:
+        version = await asyncio.to_thread(store.add, name, path, sha256=sha256, file_name=file_name)
+    finally:
+        agent.disk.changed()
+    if activate:
+        previous = serving.served_version(name)
+        try:
+            await serving.activate(name, version.version)
+        except EdgewireError:
+            # It does not load: the old version keeps serving, and the new one goes
+            # (no alias points to it), so a restart never meets it either.
+            with contextlib.suppress(EdgewireError):
+                await asyncio.to_thread(store.delete, name, version.version)
+            raise
+        try:
+            await asyncio.to_thread(store.set_alias, name, alias, version.version)
+        except EdgewireError:
+            # The alias did not move (a full disk): serve what it still names, as a
+            # restart would, and drop the new version if the disk allows.
+            if previous is not None:
+                with contextlib.suppress(EdgewireError):
+                    await serving.activate(name, previous)
+            with contextlib.suppress(EdgewireError):
+                await asyncio.to_thread(store.delete, name, version.version)
+            raise
+    log.info(
+        "deployed %s version %s (%s, %d bytes, sha256 %s)%s",
+        name, version.version, version.format, version.size, version.sha256[:12],
+        f", serving as {alias!r}" if activate else ", not activated",
+    )  # fmt: skip
+    return version
+
+
 def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
     serving = agent.serving
     store = serving.store
@@ -168,9 +221,10 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             )
             if size == 0:
                 raise ModelError("the upload is empty")
-            version = await asyncio.to_thread(
-                store.add, name, tmp, sha256=sha256, file_name=file_name
-            )
+            version = await add_and_serve(
+                agent, name, tmp, alias=alias, sha256=sha256, file_name=file_name,
+                activate=activate,
+            )  # fmt: skip
         finally:
             await asyncio.to_thread(shutil.rmtree, private, True)
             agent.disk.changed()
@@ -181,33 +235,8 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             "sha256": version.sha256,
         }
         if activate:
-            previous = serving.served_version(name)
-            try:
-                await serving.activate(name, version.version)
-            except EdgewireError:
-                # It does not load: the old version keeps serving, and the new one goes
-                # (no alias points to it), so a restart never meets it either.
-                with contextlib.suppress(EdgewireError):
-                    await asyncio.to_thread(store.delete, name, version.version)
-                raise
-            try:
-                await asyncio.to_thread(store.set_alias, name, alias, version.version)
-            except EdgewireError:
-                # The alias did not move (a full disk): serve what it still names, as a
-                # restart would, and drop the new version if the disk allows.
-                if previous is not None:
-                    with contextlib.suppress(EdgewireError):
-                        await serving.activate(name, previous)
-                with contextlib.suppress(EdgewireError):
-                    await asyncio.to_thread(store.delete, name, version.version)
-                raise
             body["alias"] = alias
             body["active"] = True
-        log.info(
-            "deployed %s version %s (%s, %d bytes, sha256 %s)%s",
-            name, version.version, version.format, version.size, version.sha256[:12],
-            f", serving as {alias!r}" if activate else ", not activated",
-        )  # fmt: skip
         return JSONResponse(body, status_code=201)
 
     async def listing(request: Request) -> Response:

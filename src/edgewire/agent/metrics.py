@@ -60,6 +60,26 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        # Automation: webhooks and the job queue (agent/hooks.py).
+        self.hook_deliveries_total = Counter(
+            "edgewire_hook_deliveries_total",
+            "Webhook deliveries by hook and outcome: accepted, duplicate, ignored (no rule "
+            "matched), or the error code that refused it (signature, not_allowed, "
+            "rate_limited, ...).",
+            ["hook", "outcome"],
+            registry=self.registry,
+        )
+        self.jobs_total = Counter(
+            "edgewire_job_attempts_total",
+            "Automation job attempts that ended, by kind and outcome "
+            "(succeeded, retrying, failed, lost_lease).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "edgewire_jobs", "Automation jobs by state.", ["state"], registry=self.registry
+        )
+
         # Children looked up once: labels() takes a lock and a dict lookup per call.
         self.answered = {
             p: self.infer_requests_total.labels(p) for p in ("native", "mnistprot", "http")

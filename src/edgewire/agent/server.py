@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from edgewire.agent import fdlimits
 from edgewire.agent.context import Handler, PortContext
 from edgewire.agent.disk import DiskBudget
+from edgewire.agent.hooks import Automation
 from edgewire.agent.http_guard import (
     DEFAULT_MAX_HEADER_BYTES,
     GuardedHttpProtocol,
@@ -141,6 +142,10 @@ class Agent:
             features=self.features,
             is_ready=lambda: self.ready,
         )
+        # Webhooks, polling and the job queue, when the config has [automation].
+        self.automation = None if config.automation is None else Automation(
+            self.context, config.automation
+        )  # fmt: skip
         self._started = False
         self._servers: list[asyncio.Server] = []
         self._http: _QuietUvicorn | None = None
@@ -181,6 +186,8 @@ class Agent:
         from edgewire.agent.native import handler as native_handler
 
         await self.serving.start()
+        if self.automation is not None:
+            await self.automation.start()
         self._plan_fds()
         await self._listen("native", cfg.port, native_handler(self.context))
         for spec in PORTS:
@@ -354,8 +361,9 @@ class Agent:
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self.ports["http"] = sock.getsockname()[1]
+        routes = self.automation.routes() if self.automation is not None else []
         config = uvicorn.Config(
-            create_app(self.context),
+            create_app(self.context, routes=routes),
             log_level="warning",
             lifespan="off",
             access_log=False,
@@ -409,6 +417,8 @@ class Agent:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        if self.automation is not None:
+            await self.automation.stop()
         await self.split.close()
         await self.serving.stop()
         self.train_executor.shutdown(wait=True)

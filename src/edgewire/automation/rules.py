@@ -114,7 +114,7 @@ class Action:
     def job_key(self, version_id: str) -> str:
         """The idempotency key of acting on ``version_id``: the same version of the same
         collection is acted on once, however many deliveries or polls report it."""
-        return f"{self.kind}:{self.rule.artifact_path}@{version_id}"
+        return job_key(self.kind, self.rule.artifact_path, version_id)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -125,6 +125,11 @@ class Action:
             "collection_kind": str(self.rule.kind),
             "model": self.rule.model,
         }
+
+
+def job_key(kind: ActionKind | str, artifact_path: str, version_id: str) -> str:
+    """:meth:`Action.job_key`, from a job's payload (``action``, ``collection``)."""
+    return f"{ActionKind(kind)}:{artifact_path}@{version_id}"
 
 
 def match(event: ArtifactEvent, rules: Rules, *, hook: str | None = None) -> Action | None:

@@ -16,6 +16,7 @@ from edgewire.cli.data import data_app
 from edgewire.cli.demo import demo_command
 from edgewire.cli.deploy import delete_command, deploy_command, models_command
 from edgewire.cli.infer import infer_command
+from edgewire.cli.jobs import jobs_command
 from edgewire.cli.split import split_app
 from edgewire.cli.train import train_app
 from edgewire.errors import EXIT_CODES, EdgewireError, codes_by_exit_code
@@ -53,6 +54,9 @@ app.command("demo", help="The end-to-end demo on loopback.")(demo_command)
 app.command("deploy", help="Upload a model (ONNX, TFLite) to agents and serve it.")(deploy_command)
 app.command("models", help="List the models on an agent.")(models_command)
 app.command("delete", help="Delete a model version, alias or model on an agent.")(delete_command)
+app.command("jobs", help="List an agent's automation jobs (webhooks, polling), or show one.")(
+    jobs_command
+)
 app.command("infer", help="Run files through a model served by an agent.")(infer_command)
 app.command("bench", help="Load an agent with many concurrent clients.")(bench_command)
 app.add_typer(train_app, name="train", help="Train on a device over the network, or locally.")

@@ -149,7 +149,12 @@ def test_suggest_prints_every_candidate_and_the_pick(
                       request_bytes=3_200, response_bytes=200),
         ),
     ).save(tmp_path / "p.json")  # fmt: skip
-    args = ("split", "suggest", "--profile", str(path), "--rtt", "2", "--device-slowdown", "10")
+    base = ("split", "suggest", "--profile", str(path), "--rtt", "2", "--device-slowdown", "10")
+    # The default overheads: offload 10.4 + a hop (1) + the link's (1) + a call (0.3).
+    code, out = run_cli(capsys, monkeypatch, *base, "--bandwidth", "8")
+    assert code == 0, out
+    assert "pick: offload (predicted 12.70 ms)" in out
+    args = (*base, "--hop-ms", "0", "--call-ms", "0", "--link-ms", "0")
     code, out = run_cli(capsys, monkeypatch, *args, "--bandwidth", "8")
     # stage2: 10 + 2 + 0.6 + 4 = 16.6; local: 50; offload: 2 + 3.4 + 5 = 10.4
     assert code == 0, out

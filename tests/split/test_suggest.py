@@ -149,3 +149,21 @@ def test_profile_measures_every_cut_and_counts_the_frames() -> None:
         ConfigError, match="candidates: " + ", ".join(split_points(teacher, (3, 32, 32)))
     ):
         profile(teacher, (3, 32, 32), channels=4, points=["head"], repeats=1)
+
+
+def test_overheads_count_each_hop_call_and_link_crossing() -> None:
+    from edgewire.split.suggest import Overheads
+
+    o = Overheads(hop_ms=1.0, call_ms=0.5, link_ms=2.0)
+    profile = hand_profile()
+    split, local, offload = (profile.candidate(n) for n in ("stage2", "local", "offload"))
+    bare = {
+        c.name: predict_ms(c, mbit=2.0, rtt_ms=20.0, slowdown=3.0) for c in (split, local, offload)
+    }
+    got = {c.name: predict_ms(c, mbit=2.0, rtt_ms=20.0, slowdown=3.0, overheads=o)
+           for c in (split, local, offload)}  # fmt: skip
+    assert got["stage2"] == pytest.approx(bare["stage2"] + 3 * 0.5 + 0.5 + 2.0 + 2 * 1.0)
+    assert got["local"] == pytest.approx(bare["local"] + 3 * 0.5 + 1.0)
+    assert got["offload"] == pytest.approx(bare["offload"] + 0.5 + 2.0 + 1.0)
+    with pytest.raises(ConfigError, match="hop_ms"):
+        Overheads(hop_ms=-1.0)

@@ -32,7 +32,17 @@ class SpawnedAgent:
         *extra: str,
         env: dict[str, str] | None = None,
         start_timeout: float = 60.0,
+        cpus: set[int] | None = None,
     ) -> None:
+        """``cpus``: pin the agent, and every thread it will start, to these cores (set
+        in the child before it runs, so model and event-loop threads inherit it)."""
+        pin = None
+        if cpus is not None and hasattr(os, "sched_setaffinity"):
+            cores = set(cpus)
+
+            def pin() -> None:
+                os.sched_setaffinity(0, cores)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgewire.cli", "agent", "--port", "0", "--http-port", "0",
              "--data-dir", str(data_dir), *extra],
@@ -41,6 +51,7 @@ class SpawnedAgent:
             text=True,
             env={**os.environ, "COLUMNS": "300", **(env or {})},
             start_new_session=True,
+            preexec_fn=pin,
         )  # fmt: skip
         try:  # a failed start, or Ctrl-C during it, leaves nothing running
             self.ports: dict[str, int] = self._read_ports(start_timeout)

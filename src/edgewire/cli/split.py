@@ -181,16 +181,32 @@ def suggest_command(
     slowdown: str = typer.Option(
         "1", "--device-slowdown", metavar="K", help="How many times slower the device is than here."
     ),
+    hop_ms: str = typer.Option(
+        "1.0", "--hop-ms", metavar="MS", help="Cost of each agent a request passes."
+    ),
+    call_ms: str = typer.Option(
+        "0.3", "--call-ms", metavar="MS", help="Cost of a model call beyond the model's own time."
+    ),
+    link_ms: str = typer.Option(
+        "1.0", "--link-ms", metavar="MS", help="Cost of a round trip beyond rtt and serialisation."
+    ),
 ) -> None:
+    """The defaults of --hop-ms, --call-ms and --link-ms are typical of agents on a desktop
+    CPU and a userspace-emulated link; benchmarks/split.py measures them."""
     from edgewire.split.profile import Profile
-    from edgewire.split.suggest import check_link, suggest
+    from edgewire.split.suggest import Overheads, check_link, suggest
 
     mbit = _number("--bandwidth", bandwidth, "Mbit/s")
     rtt_ms = _number("--rtt", rtt, "ms")
     k = _number("--device-slowdown", slowdown, "times")
     check_link(mbit=mbit, rtt_ms=rtt_ms, slowdown=k)
     prof = Profile.load(profile_path)
-    best, predictions = suggest(prof, mbit=mbit, rtt_ms=rtt_ms, slowdown=k)
+    overheads = Overheads(
+        hop_ms=_number("--hop-ms", hop_ms, "ms"),
+        call_ms=_number("--call-ms", call_ms, "ms"),
+        link_ms=_number("--link-ms", link_ms, "ms"),
+    )
+    best, predictions = suggest(prof, mbit=mbit, rtt_ms=rtt_ms, slowdown=k, overheads=overheads)
     print_suggestion(best, predictions, mbit=mbit, rtt_ms=rtt_ms, slowdown=k)
 
 

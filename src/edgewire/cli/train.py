@@ -56,7 +56,7 @@ def stream_command(
         f"127.0.0.1:{DEFAULT_NATIVE_PORT}", "--to", help="Agent HOST:PORT (native port)."
     ),
     data: str = typer.Option("mnist5k", help=DATA_HELP),
-    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5 or resnet_small."),
+    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5, resnet_small or resnet18."),
     batch_size: int = typer.Option(32, min=1, max=65536),
     epochs: int = typer.Option(1, min=1),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -130,7 +130,7 @@ def stream_command(
 @train_app.command("run", help="Train here, in-process, and export ONNX.")
 def run_command(
     data: str = typer.Option("mnist5k", help=DATA_HELP),
-    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5 or resnet_small."),
+    model: str = typer.Option("mnist_cnn", help="mnist_cnn, lenet5, resnet_small or resnet18."),
     batch_size: int = typer.Option(32, min=1),
     epochs: int = typer.Option(1, min=1),
     lr: float = typer.Option(1e-3, min=0.0),

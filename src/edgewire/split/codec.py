@@ -20,6 +20,7 @@ holds, or an image of another size is a :class:`~edgewire.errors.DataError`.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -109,6 +110,16 @@ class Prior:
         return cls(
             levels, counts.reshape(channels, levels + 1, levels + 1, levels).astype(np.int64)
         )
+
+    @functools.cached_property
+    def coding_table(self) -> Any:
+        """What the rANS coder uses: :meth:`probabilities` (conditional), or one
+        categorical model a channel."""
+        p = self.probabilities()
+        if self.conditional:
+            return p
+        categorical = _constriction().stream.model.Categorical
+        return [categorical(row, perfect=False) for row in p]
 
     def probabilities(self) -> NDArray[np.float64]:
         """Each context's distribution over the codes (the last axis sums to 1)."""
@@ -247,41 +258,59 @@ def _constriction() -> Any:
     return constriction
 
 
-_TABLES: dict[bytes, Any] = {}
-
-
 def _table(prior: Prior) -> Any:
-    """The prior's probabilities (cached: normalising a large table is the costly part),
-    or for a per-channel prior one categorical model a channel."""
-    key = prior.counts.tobytes()
-    found = _TABLES.get(key)
-    if found is None:
-        categorical = _constriction().stream.model.Categorical
-        p = prior.probabilities()
-        found = p if prior.conditional else [categorical(row, perfect=False) for row in p]
-        if len(_TABLES) >= 16:
-            _TABLES.clear()
-        _TABLES[key] = found
-    return found
+    """The prior's probabilities, or for a per-channel prior one categorical model a channel
+    (built once per prior: normalising a large table is the costly part)."""
+    return prior.coding_table
+
+
+@functools.lru_cache(maxsize=32)
+def _wavefront(dims: tuple[int, ...]) -> tuple[tuple[NDArray[np.intp], ...], ...]:
+    """The order a conditional prior codes N×C×H×W values in, as steps: step t holds every
+    row r of every channel c with c + r = t, whose contexts (row r-1 of channel c, row r
+    of channel c-1) are all in earlier steps, so each step decodes in one call.
+
+    Each step is (flat indices, flat index of the code above or -1, of the code in the
+    previous channel or -1, channel of each)."""
+    _, c, h, w = dims
+    i, ch, r, col = (a.ravel() for a in np.indices(dims))
+    flat = np.ravel_multi_index((i, ch, r, col), dims)
+    above = np.where(r > 0, flat - w, -1)
+    before = np.where(ch > 0, flat - h * w, -1)
+    step = ch + r
+    order = np.argsort(step, kind="stable")
+    bounds = np.searchsorted(step[order], np.arange(c + h))
+    steps = []
+    for t in range(c + h - 1):
+        pick = order[bounds[t] : bounds[t + 1]]
+        steps.append((flat[pick], above[pick], before[pick], ch[pick]))
+    return tuple(steps)
+
+
+def _rows(table: NDArray[np.float64], levels: int, ch: Any, above: Any, before: Any) -> Any:
+    """The distribution of each code, from its channel and its two contexts."""
+    flat = table.reshape(-1, levels)
+    return flat.take((ch * (levels + 1) + above) * (levels + 1) + before, axis=0)
 
 
 def _rans_encode(q: NDArray[np.uint8], prior: Prior) -> bytes:
     _check_levels(q, prior.levels)
     table = _table(prior)
     coder = _constriction().stream.stack.AnsCoder()
-    channels, rows = q.shape[1], q.shape[2]
+    channels = q.shape[1]
     if prior.conditional:
         family = _constriction().stream.model.Categorical(perfect=False)
         above, before = _contexts(q, prior.levels)
-        # A stack coder: what is decoded first goes in last.
-        for ch in reversed(range(channels)):
-            for r in reversed(range(rows)):
-                probs = table[ch][above[:, ch, r].ravel(), before[:, ch, r].ravel()]
-                coder.encode_reverse(q[:, ch, r].ravel().astype(np.int32), family, probs)
+        ch = np.broadcast_to(np.arange(channels)[None, :, None, None], q.shape)
+        order = np.concatenate([step[0] for step in _wavefront(q.shape)])
+        rows = _rows(table, prior.levels, ch.ravel()[order].astype(np.intp),
+                     above.ravel()[order].astype(np.intp), before.ravel()[order].astype(np.intp))  # fmt: skip
+        # One call: encode_reverse codes the sequence so that it decodes first to last.
+        coder.encode_reverse(q.ravel()[order].astype(np.int32), family, rows)
     else:
         per_channel = np.moveaxis(q, 1, 0).reshape(channels, -1).astype(np.int32)
-        for ch in reversed(range(channels)):
-            coder.encode_reverse(per_channel[ch], table[ch])
+        for c in reversed(range(channels)):
+            coder.encode_reverse(per_channel[c], table[c])
     words: NDArray[np.uint32] = coder.get_compressed()
     return words.astype("<u4").tobytes()
 
@@ -292,21 +321,21 @@ def _rans_decode(data: bytes, dims: tuple[int, ...], prior: Prior) -> NDArray[np
     table = _table(prior)
     n, c, h, w = dims
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    out = np.empty(dims, dtype=np.uint8)
     try:
         coder = _constriction().stream.stack.AnsCoder(words)
         if prior.conditional:
-            none = np.full((n, w), prior.levels, dtype=np.uint8)
             family = _constriction().stream.model.Categorical(perfect=False)
-            for ch in range(c):
-                for r in range(h):
-                    above = out[:, ch, r - 1] if r else none
-                    before = out[:, ch - 1, r] if ch else none
-                    probs = table[ch][above.ravel(), before.ravel()]
-                    out[:, ch, r] = coder.decode(family, probs).reshape(n, w)
+            # One slot past the end holds "none": index -1 (no code above / before) reads it.
+            codes = np.zeros(n * c * h * w + 1, dtype=np.intp)
+            codes[-1] = prior.levels
+            for flat, above, before, ch in _wavefront(dims):
+                rows = _rows(table, prior.levels, ch, codes[above], codes[before])
+                codes[flat] = coder.decode(family, rows)
+            out = codes[:-1].astype(np.uint8).reshape(dims)
         else:
-            for ch in range(c):
-                out[:, ch] = coder.decode(table[ch], n * h * w).reshape(n, h, w)
+            out = np.empty(dims, dtype=np.uint8)
+            for channel in range(c):
+                out[:, channel] = coder.decode(table[channel], n * h * w).reshape(n, h, w)
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise DataError(f"bad rans data: {exc}") from None
     if not coder.is_empty():

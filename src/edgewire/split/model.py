@@ -20,7 +20,7 @@ from torch import nn
 
 from edgewire.errors import ConfigError
 from edgewire.split.codec import DEFAULT_LEVELS
-from edgewire.train.models import LeNet5, MnistCNN, ResNetSmall
+from edgewire.train.models import LeNet5, MnistCNN, ResNet
 
 #: Bottleneck values are uint8 codes q in 0..levels-1; the float they stand for is
 #: (q - ZERO_POINT) * scale, with scale = 1 / (levels - 1) (SCALE for all 256 levels).
@@ -35,7 +35,7 @@ class _Flatten(nn.Module):
 
 def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The teacher as named stages run one after the other (the candidate cuts)."""
-    if isinstance(model, ResNetSmall):
+    if isinstance(model, ResNet):
         blocks = [(f"stage{i + 1}", block) for i, block in enumerate(model.stages)]
         head = nn.Sequential(model.pool, _Flatten(), model.fc)
         return [("stem", model.stem), *blocks, ("classifier", head)]

@@ -10,8 +10,8 @@ float32 logits (its meta's times vary by a few bytes; ``queue_ms`` is taken as 0
 and ``compute_ms`` as the measured tail time).
 
 Two pseudo-candidates go with the cuts: ``local``, the whole teacher on the
-device with nothing crossing, and ``offload``, the raw uint8 image sent in an
-INFER_REQUEST and the whole teacher run on the server.
+device with nothing crossing, and ``offload``, the raw uint8 image sent in a
+SPLIT_TAIL_REQUEST (coder ``raw``) and the whole teacher run on the server.
 
 A :class:`Profile` is plain data saved as JSON; ``edgewire split suggest`` reads
 it without torch. torch and onnx are imported inside :func:`profile` only.
@@ -157,9 +157,11 @@ class Profile:
         return cls.from_json(text, where=repr(str(path)))
 
 
-def tail_request_bytes(codes: bytes, shape: Sequence[int], *, coder: str = "raw") -> int:
+def tail_request_bytes(
+    codes: bytes, shape: Sequence[int], *, coder: str = "raw", model: str = TAIL_NAME
+) -> int:
     """Bytes of the SPLIT_TAIL_REQUEST frame carrying ``codes`` (of codes of ``shape``)."""
-    meta = {"model": TAIL_NAME, "coder": coder, "shape": [int(d) for d in shape]}
+    meta = {"model": model, "coder": coder, "shape": [int(d) for d in shape]}
     tensor = np.frombuffer(codes, dtype=np.uint8)
     return len(encode_frame(MsgType.SPLIT_TAIL_REQUEST, encode_message(meta, [tensor])))
 
@@ -170,14 +172,17 @@ def response_bytes(msg_type: MsgType, model: str, classes: int, *, compute_ms: f
         "model": model, "version": 1, "outputs": ["output_0"], "queue_ms": 0.0,
         "compute_ms": round(compute_ms, 3), "batch_size": 1,
     }  # fmt: skip
+    if msg_type is MsgType.SPLIT_TAIL_RESPONSE:
+        meta["decode_ms"] = 0.01
     logits = np.zeros((1, classes), dtype=np.float32)
     return len(encode_frame(msg_type, encode_message(meta, [logits])))
 
 
 def offload_request_bytes(input_shape: Sequence[int]) -> int:
-    """Bytes of the INFER_REQUEST frame carrying one raw uint8 image."""
-    image = np.zeros((1, *input_shape), dtype=np.uint8)
-    return len(encode_frame(MsgType.INFER_REQUEST, encode_message({"model": FULL_NAME}, [image])))
+    """Bytes of the SPLIT_TAIL_REQUEST frame carrying one raw uint8 image to the full model
+    (how a device offloads: the server scales the pixels for a float model)."""
+    shape = (1, *input_shape)
+    return tail_request_bytes(bytes(math.prod(shape)), shape, model=FULL_NAME)
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -297,7 +302,7 @@ def profile(
         full = root / "full.onnx"
         _export_teacher(teacher, input_shape, full)
         full_ms, _ = _median_ms(_session(full, threads), {"input_0": x}, repeats)
-    answer = response_bytes(MsgType.INFER_RESPONSE, FULL_NAME, classes, compute_ms=full_ms)
+    answer = response_bytes(MsgType.SPLIT_TAIL_RESPONSE, FULL_NAME, classes, compute_ms=full_ms)
     candidates += [
         Candidate(name=LOCAL, kind="local", head_ms=full_ms, tail_ms=0.0, request_bytes=0,
                   response_bytes=0),

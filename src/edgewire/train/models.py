@@ -98,37 +98,75 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNetSmall(nn.Module):
-    """A small ResNet: stem, three stages of two BasicBlocks (16/32/64), global pool, fc."""
+class ResNet(nn.Module):
+    """stem → stages of BasicBlocks → global average pool → fc (the split module cuts
+    after the stem or after any block)."""
 
-    def __init__(self, *, in_channels: int, height: int, width: int, num_classes: int) -> None:
+    stem: nn.Sequential
+    stages: nn.Sequential
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        widths: tuple[int, ...],
+        stem_stride: int,
+        stem_pool: bool,
+        stem_kernel: int = 3,
+    ) -> None:
         super().__init__()
-        # Large images (the 224 px camera pipeline) get a strided stem and a pool so
-        # the three stages run on at most ~56 px; small ones keep full resolution.
-        large = min(height, width) >= 96
         stem: list[nn.Module] = [
-            nn.Conv2d(in_channels, 16, 3, stride=2 if large else 1, padding=1, bias=False),
-            nn.BatchNorm2d(16),
+            nn.Conv2d(in_channels, widths[0], stem_kernel, stride=stem_stride,
+                      padding=stem_kernel // 2, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
-        ]
-        if large:
+        ]  # fmt: skip
+        if stem_pool:
             stem.append(nn.MaxPool2d(3, stride=2, padding=1))
         self.stem = nn.Sequential(*stem)
-        self.stages = nn.Sequential(
-            BasicBlock(16, 16, 1),
-            BasicBlock(16, 16, 1),
-            BasicBlock(16, 32, 2),
-            BasicBlock(32, 32, 1),
-            BasicBlock(32, 64, 2),
-            BasicBlock(64, 64, 1),
-        )
+        blocks: list[nn.Module] = []
+        channels = widths[0]
+        for i, width in enumerate(widths):
+            blocks += [BasicBlock(channels, width, 1 if i == 0 else 2), BasicBlock(width, width, 1)]
+            channels = width
+        self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pool(self.stages(self.stem(x)))
         logits: torch.Tensor = self.fc(torch.flatten(out, 1))
         return logits
+
+
+class ResNetSmall(ResNet):
+    """A small ResNet: stem, three stages of two BasicBlocks (16/32/64), global pool, fc."""
+
+    def __init__(self, *, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        # Large images (the 224 px camera pipeline) get a strided stem and a pool so
+        # the three stages run on at most ~56 px; small ones keep full resolution.
+        large = min(height, width) >= 96
+        super().__init__(
+            in_channels=in_channels, num_classes=num_classes, widths=(16, 32, 64),
+            stem_stride=2 if large else 1, stem_pool=large,
+        )  # fmt: skip
+
+
+class ResNet18(ResNet):
+    """ResNet-18 (four stages of two BasicBlocks, 64/128/256/512), the seed's model.
+
+    From 96 px up it is torchvision's layout (7×7 stride-2 stem and a max pool); on
+    smaller images a 3×3 stride-2 stem without the pool, so a 64×64 input still meets
+    the stages at 32×32 (about 0.56 GMAC a 64×64 image).
+    """
+
+    def __init__(self, *, in_channels: int, height: int, width: int, num_classes: int) -> None:
+        large = min(height, width) >= 96
+        super().__init__(
+            in_channels=in_channels, num_classes=num_classes, widths=(64, 128, 256, 512),
+            stem_stride=2, stem_pool=large, stem_kernel=7 if large else 3,
+        )  # fmt: skip
 
 
 def _flat_size(features: nn.Module, channels: int, height: int, width: int) -> int:
@@ -156,11 +194,17 @@ _BUILDERS: dict[str, type[nn.Module]] = {
     "mnist_cnn": MnistCNN,
     "lenet5": LeNet5,
     "resnet_small": ResNetSmall,
+    "resnet18": ResNet18,
 }
 
 # Smallest side each net can shrink to a non-empty feature map (and, for the
 # ResNet, to more than one value per channel for batch norm at batch size 1).
-_MIN_SIDE: dict[str, int] = {"mnist_cnn": 6, "lenet5": 4, "resnet_small": 8}
+_MIN_SIDE: dict[str, int] = {"mnist_cnn": 6, "lenet5": 4, "resnet_small": 8, "resnet18": 32}
+
+
+def min_side(name: str) -> int:
+    """The smallest input side model ``name`` takes."""
+    return _MIN_SIDE[name]
 
 
 def model_bytes(name: str, *, in_channels: int, height: int, width: int, num_classes: int) -> int:

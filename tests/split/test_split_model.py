@@ -79,7 +79,7 @@ def test_distillation_learns_the_teachers_features_and_outputs(
     losses: dict[str, list[float]] = {"head": [], "kd": []}
     distill(teacher, student, x, y, plan=DistillPlan(head_epochs=5, kd_epochs=1, batch_size=50),
             progress=lambda stage, _, loss: losses[stage].append(loss))  # fmt: skip
-    assert feature_error() < 0.7 * before
+    assert feature_error() < 0.8 * before
     assert not student.training
     assert len(losses["head"]) == 20 and len(losses["kd"]) == 4
     # The teacher is left as it was, and the student agrees with it far above chance.

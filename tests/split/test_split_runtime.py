@@ -112,6 +112,9 @@ def test_the_device_answers_with_the_tails_output_and_where_time_went(
         answers = asyncio.run(many())
         for a in answers:
             np.testing.assert_allclose(a.outputs["output_0"], expected[:1], rtol=1e-5, atol=1e-5)
+        # 24 requests at once: the device ran heads together, and the server tails together.
+        assert max(a.split["head_batch_size"] for a in answers) > 1
+        assert max(a.split["tail_batch_size"] for a in answers) > 1
 
 
 def test_an_unreachable_server_is_a_clear_error_or_the_local_fallback(

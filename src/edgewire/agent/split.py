@@ -165,6 +165,8 @@ class SplitRuntime:
             "tail_queue_ms": tail_queue_ms,
             "decode_ms": decode_ms,
             "total_ms": _ms(time.perf_counter() - started),
+            "head_batch_size": head.result.batch_size,
+            "tail_batch_size": answer.get("batch_size"),
             "bytes_up": frame_bytes(meta, payload),
             "bytes_down": frame_bytes(answer, out),
             "tail_version": answer.get("version"),

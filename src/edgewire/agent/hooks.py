@@ -29,9 +29,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -40,6 +39,7 @@ from edgewire.agent.fdlimits import RateLimit
 from edgewire.agent.http_common import error_response, holding, read_body
 from edgewire.agent.jobs_api import job_routes
 from edgewire.agent.management import UPLOADS, Endpoint, add_and_serve
+from edgewire.agent.retrain import retrain
 from edgewire.automation.config import AutomationConfig, HookConfig
 from edgewire.automation.events import parse_event
 from edgewire.automation.jobs import Backoff, Job, JobQueue, JobState
@@ -50,28 +50,20 @@ from edgewire.automation.sources import Resolved
 from edgewire.automation.worker import Handler, JobContext, Worker
 from edgewire.errors import (
     BusyError,
-    ConfigError,
     DataError,
-    DependencyMissing,
     EdgewireError,
     ModelError,
     ModelNotFound,
-    TrainError,
     one_line,
-    require,
 )
 from edgewire.fsutil import sha256_file
-from edgewire.serve.model import ModelVersion, RuntimeOptions
+from edgewire.serve.model import ModelVersion
 from edgewire.serve.store import DEFAULT_ALIAS
-
-if TYPE_CHECKING:
-    from edgewire.data.datasets import Dataset
 
 log = logging.getLogger(__name__)
 
 #: The queue's folder inside the data dir.
 JOBS_DIR = "automation"
-_EVAL_BATCH = 256
 
 
 class TokenBucket:
@@ -441,7 +433,7 @@ class Automation:
             out = folder.parent / "candidate.onnx"
             halt = threading.Event()
             work = functools.partial(
-                _retrain, _data_path(folder, resolved), train, current, out, halt=halt, say=say,
+                retrain, _data_path(folder, resolved), train, current, out, halt=halt, say=say,
                 max_model_bytes=self.ctx.config.max_train_model_bytes,
             )  # fmt: skip
             self._halts.add(halt)
@@ -525,101 +517,3 @@ def _aliased_with_same_file(ctx: PortContext, name: str, alias: str, model: Path
     if current is None or current.sha256 != sha256_file(model):
         return None
     return current.version
-
-
-def _retrain(
-    data_path: Path,
-    train: Mapping[str, Any],
-    current: ModelVersion | None,
-    out: Path,
-    *,
-    halt: threading.Event,
-    say: Callable[[str], None],
-    max_model_bytes: int,
-) -> dict[str, Any]:
-    """Train on the data at ``data_path``, export ``out`` and score it and ``current`` on
-    the same held-out data (runs in the training thread; ``halt`` stops it between batches)."""
-    try:
-        require("torch", extra="train")
-    except DependencyMissing as exc:  # a data rule on an agent that cannot train
-        raise ConfigError(f"this agent cannot retrain: {exc}") from None
-    from edgewire.data.datasets import load_dataset
-    from edgewire.train.local import train_local
-    from edgewire.train.stream_client import spec_for
-    from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
-
-    data = load_dataset(str(data_path), limit=train["limit"])
-    if train["holdout"]:
-        fit, held = data, load_dataset(str(train["holdout"]))
-    else:
-        fit, held = data.split(val_fraction=train["val_fraction"], seed=train["seed"])
-    spec = TrainSpec.from_dict(
-        spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"])
-    )
-    check_model_size(spec, max_model_bytes)
-    epochs = int(train["epochs"])
-    say(f"training {spec.model} on {len(fit)} samples for {epochs} epoch(s)")
-
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        if halt.is_set():
-            raise TrainError("interrupted: the agent stopped, or the job lost its lease")
-        if kind == "epoch":
-            say(f"epoch {data['epoch'] + 1}/{epochs}: train accuracy "
-                f"{data['train']['accuracy']:.4f}")  # fmt: skip
-
-    trainer = Trainer(spec)
-    train_local(trainer, fit, None, epochs=epochs, batch_size=int(train["batch_size"]),
-                seed=int(train["seed"]), on_event=on_event)  # fmt: skip
-    trainer.export_onnx(out)
-    return {
-        "new_accuracy": accuracy(_candidate(out), held),
-        "current_accuracy": None if current is None else accuracy(current, held),
-        "holdout": len(held),
-        "trained_on": len(fit),
-    }
-
-
-def _candidate(path: Path) -> ModelVersion:
-    """A model file not (yet) in the store, described as a stored version would be."""
-    from edgewire.serve.backends import detect
-
-    backend = detect(path)
-    info = backend.inspect(path)
-    return ModelVersion(
-        name="candidate", version=0, path=path.parent, format=backend.name, file=path.name,
-        sha256=sha256_file(path), size=path.stat().st_size, created=time.time(),
-        inputs=info.inputs, outputs=info.outputs,
-    )  # fmt: skip
-
-
-def accuracy(version: ModelVersion, data: Dataset) -> float:
-    """The share of ``data`` that ``version`` classifies right, run by its serving backend
-    on the CPU (inputs as training sees them: float32 in 0..1, reshaped to the model's)."""
-    from edgewire.serve.backends import backend
-
-    if not version.inputs or not version.outputs:
-        raise DataError(f"{version.label} has no inputs or outputs to score")
-    tensor = version.inputs[0]
-    shape = [d if isinstance(d, int) and d > 0 else -1 for d in tensor.shape]
-    row = math.prod(shape[1:]) if all(d > 0 for d in shape[1:]) else -1
-    if row != math.prod(data.shape):
-        raise DataError(
-            f"{version.label} takes {list(tensor.shape)} but the data's images are "
-            f"{list(data.shape)}; the gate cannot compare them"
-        )
-    options = RuntimeOptions(providers=("CPUExecutionProvider",), max_batch_size=_EVAL_BATCH)
-    session = backend(version.format).load(version, options)
-    batch = 1 if shape[0] == 1 else _EVAL_BATCH
-    x = data.x.astype(np.float32) / np.float32(255.0)
-    correct = 0
-    for start in range(0, len(data), batch):
-        rows = x[start : start + batch]
-        out = session.run({tensor.name: rows.reshape(len(rows), *shape[1:])})
-        scores = out[version.outputs[0].name]
-        if scores.ndim != 2 or scores.shape[1] != data.num_classes:
-            raise DataError(
-                f"{version.label} gives {list(scores.shape[1:])} scores a row; the data has "
-                f"{data.num_classes} classes"
-            )
-        correct += int((scores.argmax(axis=1) == data.y[start : start + batch]).sum())
-    return correct / len(data)

@@ -44,7 +44,9 @@ def _fixed_options(
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
     ),
-    config: Path | None = typer.Option(None, help=r"TOML file with \[agent] settings."),
+    config: Path | None = typer.Option(
+        None, help=r"TOML file with \[agent] settings (and \[automation]: docs/automation.md)."
+    ),
 ) -> None:
     """The options every agent has; only its signature is used (see ``agent_command``)."""
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
+from edgewire.cli.agent_http import auth_headers, check, send
 from edgewire.cli.common import console, parse_address
 from edgewire.errors import (
     AuthError,
@@ -30,47 +28,6 @@ from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 
 CHUNK = 256 * 1024
-
-
-def _headers(token: str | None) -> dict[str, str]:
-    token = token or os.environ.get("EDGEWIRE_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _send(method: str, host: str, port: int, path: str, **kwargs: Any) -> httpx.Response:
-    """One request to an agent's HTTP port; ConnectError when there is no HTTP answer."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        return httpx.request(method, f"http://{where}{path}", **kwargs)
-    except httpx.RemoteProtocolError as exc:
-        # What the native port (or any other non-HTTP one) does with an HTTP request.
-        raise ConnectError(
-            f"{where} gave no HTTP answer ({exc}); is it the agent's HTTP port "
-            f"(default {DEFAULT_HTTP_PORT}) and not its native one?"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {where}: {exc}") from exc
-
-
-def _check(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code in (401, 403):
-        raise AuthError(f"{what}: {_message(response)} (pass --token or set EDGEWIRE_TOKEN)")
-    if response.status_code >= 400:
-        code = "internal"
-        with contextlib.suppress(ValueError, AttributeError):
-            code = str(response.json().get("code", "internal"))
-        raise RemoteError(
-            f"{what}: {_message(response)} (HTTP {response.status_code})", remote_code=code
-        )
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error", response.text))
-    except ValueError:
-        return response.text[:200]
 
 
 def upload_model(
@@ -98,7 +55,7 @@ def upload_model(
                     on_progress(len(chunk))
                 yield chunk
 
-    response = _send(
+    response = send(
         "PUT",
         host,
         port,
@@ -106,13 +63,13 @@ def upload_model(
         params={"sha256": digest, "alias": alias, "filename": model.name},
         content=chunks(),
         headers={
-            **_headers(token),
+            **auth_headers(token),
             "Content-Type": "application/octet-stream",
             "Content-Length": str(size),
         },
         timeout=timeout,
     )
-    return _check(response, f"deploy to {host}:{port}")
+    return check(response, f"deploy to {host}:{port}")
 
 
 def deploy_command(
@@ -319,8 +276,8 @@ def models_command(
 ) -> None:
     """List the models, versions and aliases of an agent."""
     host, port = parse_address(to, default_port=DEFAULT_HTTP_PORT)
-    response = _send("GET", host, port, "/api/models", headers=_headers(token), timeout=30)
-    body = _check(response, "list models")
+    response = send("GET", host, port, "/api/models", headers=auth_headers(token), timeout=30)
+    body = check(response, "list models")
     table = Table(title=f"models on {host}:{port}")
     for column in ("name", "versions", "aliases", "serving"):
         table.add_column(column)
@@ -368,11 +325,11 @@ def delete_command(
         path, params, what = f"/api/models/{name}/aliases/{alias}", {}, f"remove alias {alias}"
     else:
         path, params, what = f"/api/models/{name}", {}, f"delete model {name}"
-    response = _send(
-        "DELETE", host, port, path, params=params, headers=_headers(token), timeout=timeout
+    response = send(
+        "DELETE", host, port, path, params=params, headers=auth_headers(token), timeout=timeout
     )
     try:
-        body = _check(response, f"{what} on {host}:{port}")
+        body = check(response, f"{what} on {host}:{port}")
     except RemoteError as exc:
         raise _local(exc) from exc
     if version is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,9 @@ from rich.table import Table
 from edgewire.cli.common import console, parse_address, run
 from edgewire.errors import DataError, ModelError
 from edgewire.ports import DEFAULT_NATIVE_PORT
+
+if TYPE_CHECKING:
+    from edgewire.client.native import Client
 
 #: How far from 1 a row of non-negative outputs may sum and still be read as probabilities.
 PROBABILITY_TOLERANCE = 1e-3
@@ -132,19 +135,25 @@ def describe(scores: npt.NDArray[Any], labels: list[str] | None, top: int) -> tu
     return names[0], f"{probs[best[0]]:.3f}", ranked
 
 
+async def served_model(client: Client, model: str) -> tuple[dict[str, Any], float]:
+    """The hello's description of ``model`` and the scale its 8-bit inputs take;
+    ModelError naming what is served when it is not."""
+    hello = await client.hello()
+    info = next((m for m in hello.get("models", []) if m["name"] == model), None)
+    if info is None:
+        served = ", ".join(m["name"] for m in hello.get("models", [])) or "none"
+        raise ModelError(f"model {model!r} is not served there (served: {served})")
+    return info, float((info.get("preprocessing") or {}).get("scale", 1 / 255))
+
+
 async def _infer(
     host: str, port: int, model: str, files: list[Path], top: int, *, token: str | None = None
 ) -> list[list[str]]:
     from edgewire.client.native import Client
 
     async with await Client.connect(host, port, token=token) as client:
-        hello = await client.hello()
-        info = next((m for m in hello.get("models", []) if m["name"] == model), None)
-        if info is None:
-            served = ", ".join(m["name"] for m in hello.get("models", [])) or "none"
-            raise ModelError(f"model {model!r} is not served there (served: {served})")
+        info, scale = await served_model(client, model)
         labels = info.get("labels")
-        scale = float((info.get("preprocessing") or {}).get("scale", 1 / 255))
         rows = []
         for path in files:
             x = load_input(path, info["inputs"][0], scale)

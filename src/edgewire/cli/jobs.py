@@ -8,8 +8,8 @@ import time
 import typer
 from rich.table import Table
 
+from edgewire.cli.agent_http import auth_headers, check, send
 from edgewire.cli.common import console, parse_address
-from edgewire.cli.deploy import _check, _headers, _send
 from edgewire.errors import ConfigError
 from edgewire.ports import DEFAULT_HTTP_PORT
 
@@ -30,12 +30,12 @@ def jobs_command(
     """List the automation jobs of an agent, or show one."""
     host, port = parse_address(to, default_port=DEFAULT_HTTP_PORT)
     path = f"/api/jobs/{job_id}" if job_id is not None else f"/api/jobs?limit={limit}"
-    response = _send("GET", host, port, path, headers=_headers(token), timeout=30)
+    response = send("GET", host, port, path, headers=auth_headers(token), timeout=30)
     if response.status_code == 404 and job_id is None:
         raise ConfigError(
             f"{host}:{port} runs no automation: its config file has no [automation] table"
         )
-    body = _check(response, "list jobs" if job_id is None else f"show job {job_id}")
+    body = check(response, "list jobs" if job_id is None else f"show job {job_id}")
     if as_json:
         console.print_json(json.dumps(body))
         return

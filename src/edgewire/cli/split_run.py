@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from edgewire.cli.common import console, parse_address, run
-from edgewire.cli.infer import describe, load_input
-from edgewire.errors import ConfigError, ModelError
+from edgewire.cli.infer import describe, load_input, served_model
+from edgewire.errors import ConfigError
 from edgewire.ports import DEFAULT_NATIVE_PORT
 from edgewire.split.codec import TENSOR_CODERS
 
@@ -73,12 +73,7 @@ async def _run(
     from edgewire.client.native import Client
 
     async with await Client.connect(host, port, token=token) as client:
-        hello = await client.hello()
-        info = next((m for m in hello.get("models", []) if m["name"] == model), None)
-        if info is None:
-            served = ", ".join(m["name"] for m in hello.get("models", [])) or "none"
-            raise ModelError(f"model {model!r} is not served there (served: {served})")
-        scale = float((info.get("preprocessing") or {}).get("scale", 1 / 255))
+        info, scale = await served_model(client, model)
         rows = []
         for path in files:
             x = load_input(path, info["inputs"][0], scale)

@@ -1,0 +1,123 @@
+"""Retraining for automation's data rules: train on an artifact, then score the new model
+and the served one on the same held-out data, so the deploy gate can compare them.
+
+Runs in the agent's training thread; torch is imported only here, when a job needs it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgewire.errors import ConfigError, DataError, DependencyMissing, TrainError, require
+from edgewire.fsutil import sha256_file
+from edgewire.serve.model import ModelVersion, RuntimeOptions
+
+if TYPE_CHECKING:
+    from edgewire.data.datasets import Dataset
+
+_EVAL_BATCH = 256
+
+
+def retrain(
+    data_path: Path,
+    train: Mapping[str, Any],
+    current: ModelVersion | None,
+    out: Path,
+    *,
+    halt: threading.Event,
+    say: Callable[[str], None],
+    max_model_bytes: int,
+) -> dict[str, Any]:
+    """Train on the data at ``data_path``, export ``out`` and score it and ``current`` on
+    the same held-out data (runs in the training thread; ``halt`` stops it between batches)."""
+    try:
+        require("torch", extra="train")
+    except DependencyMissing as exc:  # a data rule on an agent that cannot train
+        raise ConfigError(f"this agent cannot retrain: {exc}") from None
+    from edgewire.data.datasets import load_dataset
+    from edgewire.train.local import train_local
+    from edgewire.train.stream_client import spec_for
+    from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
+
+    data = load_dataset(str(data_path), limit=train["limit"])
+    if train["holdout"]:
+        fit, held = data, load_dataset(str(train["holdout"]))
+    else:
+        fit, held = data.split(val_fraction=train["val_fraction"], seed=train["seed"])
+    spec = TrainSpec.from_dict(
+        spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"])
+    )
+    check_model_size(spec, max_model_bytes)
+    epochs = int(train["epochs"])
+    say(f"training {spec.model} on {len(fit)} samples for {epochs} epoch(s)")
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if halt.is_set():
+            raise TrainError("interrupted: the agent stopped, or the job lost its lease")
+        if kind == "epoch":
+            say(f"epoch {data['epoch'] + 1}/{epochs}: train accuracy "
+                f"{data['train']['accuracy']:.4f}")  # fmt: skip
+
+    trainer = Trainer(spec)
+    train_local(trainer, fit, None, epochs=epochs, batch_size=int(train["batch_size"]),
+                seed=int(train["seed"]), on_event=on_event)  # fmt: skip
+    trainer.export_onnx(out)
+    return {
+        "new_accuracy": accuracy(_candidate(out), held),
+        "current_accuracy": None if current is None else accuracy(current, held),
+        "holdout": len(held),
+        "trained_on": len(fit),
+    }
+
+
+def _candidate(path: Path) -> ModelVersion:
+    """A model file not (yet) in the store, described as a stored version would be."""
+    from edgewire.serve.backends import detect
+
+    backend = detect(path)
+    info = backend.inspect(path)
+    return ModelVersion(
+        name="candidate", version=0, path=path.parent, format=backend.name, file=path.name,
+        sha256=sha256_file(path), size=path.stat().st_size, created=time.time(),
+        inputs=info.inputs, outputs=info.outputs,
+    )  # fmt: skip
+
+
+def accuracy(version: ModelVersion, data: Dataset) -> float:
+    """The share of ``data`` that ``version`` classifies right, run by its serving backend
+    on the CPU (inputs as training sees them: float32 in 0..1, reshaped to the model's)."""
+    from edgewire.serve.backends import backend
+
+    if not version.inputs or not version.outputs:
+        raise DataError(f"{version.label} has no inputs or outputs to score")
+    tensor = version.inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in tensor.shape]
+    row = math.prod(shape[1:]) if all(d > 0 for d in shape[1:]) else -1
+    if row != math.prod(data.shape):
+        raise DataError(
+            f"{version.label} takes {list(tensor.shape)} but the data's images are "
+            f"{list(data.shape)}; the gate cannot compare them"
+        )
+    options = RuntimeOptions(providers=("CPUExecutionProvider",), max_batch_size=_EVAL_BATCH)
+    session = backend(version.format).load(version, options)
+    batch = 1 if shape[0] == 1 else _EVAL_BATCH
+    x = data.x.astype(np.float32) / np.float32(255.0)
+    correct = 0
+    for start in range(0, len(data), batch):
+        rows = x[start : start + batch]
+        out = session.run({tensor.name: rows.reshape(len(rows), *shape[1:])})
+        scores = out[version.outputs[0].name]
+        if scores.ndim != 2 or scores.shape[1] != data.num_classes:
+            raise DataError(
+                f"{version.label} gives {list(scores.shape[1:])} scores a row; the data has "
+                f"{data.num_classes} classes"
+            )
+        correct += int((scores.argmax(axis=1) == data.y[start : start + batch]).sum())
+    return correct / len(data)

@@ -246,10 +246,16 @@ def offload_ask(client: Client, model: str, coder: str, quality: int = 75) -> As
     return ask
 
 
+#: The device's timing breakdown of every split answer, by head model name.
+BREAKDOWNS: dict[str, list[dict[str, Any]]] = {}
+
+
 def device_ask(client: Client, model: str, coder: str | None = None) -> Ask:
     async def ask(x: np.ndarray) -> tuple[np.ndarray, int]:
         answer = await client.infer(model, {"input_0": x.astype(np.float32) / 255.0}, coder=coder)
         split = answer.split or {}
+        if split:
+            BREAKDOWNS.setdefault(f"{model} {coder}", []).append(split)
         crossed = int(split.get("bytes_up", 0)) + int(split.get("bytes_down", 0))
         return next(iter(answer.outputs.values())), crossed
 
@@ -593,6 +599,25 @@ def report(args: argparse.Namespace, setup: Setup, built: Any, sweep: dict[str, 
         ["suggest: median regret", f"{100 * score['median_regret']:.1f}%", "≤ 5%"],
     ]  # fmt: skip
     print_table(console, "targets", ["figure", "measured", "target"], targets)
+    parts = (
+        "head_ms",
+        "encode_ms",
+        "transfer_ms",
+        "tail_queue_ms",
+        "tail_ms",
+        "decode_ms",
+        "total_ms",
+    )
+    breakdown_rows = []
+    for mbit in MAIN_LINKS:
+        for coder in ("raw", "zstd", "rans"):
+            seen = BREAKDOWNS.get(f"digits-{mbit:g} {coder}", [])
+            if seen:
+                breakdown_rows.append([f"{mbit:g}", coder, *[f"{statistics.median(float(b[p]) for b in seen):.2f}" for p in parts]])  # fmt: skip
+    breakdown_header = ["Mbit/s", "coder", *(p.removesuffix("_ms") for p in parts)]
+    print_table(
+        console, "split: the device's breakdown (median ms)", breakdown_header, breakdown_rows
+    )
     suggest_header = ["Mbit/s", "candidate", "predicted ms", "measured p50 ms", "error"]
     print_table(console, "split suggest vs measurement", suggest_header, score["rows"])
     if not args.no_write:
@@ -616,6 +641,9 @@ def report(args: argparse.Namespace, setup: Setup, built: Any, sweep: dict[str, 
             + markdown_table(header, rows)
             + "\n\nTargets:\n\n"
             + markdown_table(["figure", "measured", "target"], targets)
+            + "\n\nWhere a split answer's time goes, as the device reports it (median ms; the head's "
+            "time includes the K× stretch):\n\n"
+            + markdown_table(breakdown_header, breakdown_rows)
             + "\n\nTeacher accuracy on the test set after JPEG/WebP at each quality (in-process):\n\n"
             + markdown_table(
                 ["quality", "JPEG acc", "JPEG bytes", "WebP acc", "WebP bytes"], sweep_rows

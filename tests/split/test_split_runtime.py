@@ -279,3 +279,26 @@ def test_deploy_a_split_folder_then_split_run(
         )  # fmt: skip
         assert code == 2 and "for split folders" in out
         assert "other" not in device.agent.serving.names()
+
+
+def test_split_run_without_its_server_says_so_or_falls_back(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.cli.cli_run import run_cli
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(4).random((1, *SHAPE), dtype=np.float32))
+    with agent_in_thread(tmp_path / "server") as server:
+        port = server.native  # nothing listens there once the server has stopped
+    with agent_in_thread(tmp_path / "device", tail_timeout=2.0) as device:
+        _deploy_head(device, files, tmp_path, port=port)
+        args = ("split", "run", str(tmp_path / "x.npy"), "--to", f"127.0.0.1:{device.native}",
+                "--model", "digits")  # fmt: skip
+        code, out = run_cli(capsys, monkeypatch, *args)
+        assert code == 7 and "is unreachable" in out and "fallback=local" in out, out
+        code, out = run_cli(capsys, monkeypatch, *args, "--fallback", "local")
+        assert code == 0 and "local: digits-full" in out, out
+        code, out = run_cli(capsys, monkeypatch, *args, "--fallback", "maybe")
+        assert code == 2 and "--fallback is 'none' or 'local'" in out

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgewire.cli.common import console, parse_address, run
 from edgewire.cli.infer import describe, load_input, served_model
-from edgewire.errors import ConfigError
+from edgewire.errors import ConfigError, EdgewireError, RemoteError, error_for_code
 from edgewire.ports import DEFAULT_NATIVE_PORT
 from edgewire.split.codec import TENSOR_CODERS
 
@@ -49,7 +49,15 @@ def split_run_command(
     if coder is not None and coder not in TENSOR_CODERS:
         raise ConfigError(f"unknown --coder {coder!r}; one of: {', '.join(TENSOR_CODERS)}")
     host, port = parse_address(to, default_port=DEFAULT_NATIVE_PORT)
-    rows = run(_run(host, port, model, files, top, fallback=fallback, coder=coder, token=token))
+    try:
+        rows = run(_run(host, port, model, files, top, fallback=fallback, coder=coder, token=token))
+    except RemoteError as exc:
+        # The device's own reason as its local class, so the exit code says what to fix
+        # (7: the tail server is unreachable; 11: no such model; ...).
+        kind = error_for_code(exc.remote_code)
+        if kind is EdgewireError:
+            raise
+        raise kind(exc.message.removesuffix(f" [{exc.remote_code}]")) from None
     table = Table(title=f"{model} split from {host}:{port}")
     for column in ("file", "class", "probability", *(t.removesuffix("_ms") + " ms" for t in _TIMES),
                    "bytes up"):  # fmt: skip

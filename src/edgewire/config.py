@@ -141,6 +141,9 @@ class AgentConfig:
     emulate_slowdown: float = dataclasses.field(
         default=1.0, metadata=_expect("at least 1", lambda value: value >= 1)
     )
+    #: TLS on the native and HTTP ports: a PEM certificate (chain) and its key, both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: Webhooks, polling and the job queue (the file's ``[automation]`` table; None: off).
     automation: AutomationConfig | None = dataclasses.field(
         default=None, metadata={"table": load_automation}
@@ -164,6 +167,8 @@ class AgentConfig:
                 f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least "
                 f"max_frame_bytes ({self.max_frame_bytes}), or no whole frame could arrive"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)")
         if self.token is not None and len(self.token) < 8:
             raise ConfigError("the token must be at least 8 characters long")
 

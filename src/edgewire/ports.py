@@ -17,6 +17,8 @@ import dataclasses
 import importlib
 from typing import Any
 
+from edgewire.errors import ConfigError
+
 #: The agent's own ports, always open; their defaults live here once.
 DEFAULT_NATIVE_PORT = 7700
 DEFAULT_HTTP_PORT = 8000
@@ -125,3 +127,18 @@ def markdown_list() -> str:
             )
         )
     return "\n".join(lines)
+
+
+def parse_address(value: str, *, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` or ``[v6]:PORT`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = value, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"bad address {value!r}: expected HOST:PORT") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"bad port in {value!r}: {port}")
+    return host, port

@@ -407,6 +407,44 @@ def test_a_data_delivery_retrains_and_the_gate_keeps_the_better_model(tmp_path: 
         assert str(tmp_path) not in json.dumps(api(port, "/api/jobs?limit=500", None))
 
 
+def test_a_data_delivery_can_train_on_a_training_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train_on`: the data goes to another agent over the native protocol (with its token,
+    read from the variable the rule names), the model comes back in the run's summary, and
+    the gate and the deploy happen here as for a local retrain."""
+    digits = load_dataset("digits")
+    root = tmp_path / "artifacts"
+    save_npz(root / "acme/edge/digits/full/data.npz", digits)
+    point(root / "acme/edge/digits/download", "full")
+    monkeypatch.setenv("EDGEWIRE_TRAINER_TOKEN", "trainer-token-123")
+    with agent_in_thread(tmp_path / "trainer", token="trainer-token-123") as trainer:
+        extra = (f'train_on = "127.0.0.1:{trainer.native}"\n'
+                 'train_token_env = "EDGEWIRE_TRAINER_TOKEN"\n')  # fmt: skip
+        cfg = agent_config(write_config(tmp_path, root, epochs=2, extra=extra), tmp_path / "data")
+        with agent_in_thread(tmp_path / "data", automation=cfg.automation) as agent:
+            body = wandb_body("digits")
+            assert post(agent.http, "wandb", body, wandb_signed(body)).status_code == 202
+            jobs = settle(agent.http, token=None)
+            job = api(agent.http, f"/api/jobs/{jobs[0]['id']}", None)
+            assert job["state"] == "succeeded", job
+            assert job["result"]["deployed"] is True
+            assert job["result"]["trained_at"] == f"127.0.0.1:{trainer.native}"
+            assert f"on 127.0.0.1:{trainer.native} (run auto-" in job["log_tail"]
+            x = digits.x[:4].astype(np.float32) / 255
+            assert infer(agent.http, "digits", x).shape == (4, 10)
+        runs = list((tmp_path / "trainer" / "runs").glob("auto-*/model.onnx"))
+        assert len(runs) == 1  # the training agent trained it, as one run
+    monkeypatch.delenv("EDGEWIRE_TRAINER_TOKEN")
+    cfg = agent_config(write_config(tmp_path, root, extra=extra), tmp_path / "data2")
+    with agent_in_thread(tmp_path / "data2", automation=cfg.automation) as agent:
+        body = wandb_body("digits")
+        assert post(agent.http, "wandb", body, wandb_signed(body)).status_code == 202
+        jobs = settle(agent.http, token=None)
+        job = api(agent.http, f"/api/jobs/{jobs[0]['id']}", None)
+        assert job["state"] == "failed" and "EDGEWIRE_TRAINER_TOKEN is not set" in job["error"]
+
+
 def test_stopping_the_agent_halts_a_training_and_gives_the_job_back(tmp_path: Path) -> None:
     digits = load_dataset("digits")
     root = tmp_path / "artifacts"
@@ -568,3 +606,73 @@ def test_automation_is_off_without_the_table_and_not_read_from_env(tmp_path: Pat
     assert load_automation({"source": {"kind": "local", "root": "/x"}}).hooks == ()
     with pytest.raises(ConfigError, match="source"):
         load_automation({})
+
+
+STORE_CONFIG = """
+[automation.source]
+kind = "agent"
+base_url = "http://127.0.0.1:{port}"
+api_key_env = "STORE_TOKEN"
+
+[automation.allow]
+entities = ["acme"]
+projects = ["edge"]
+collections = ["mnist"]
+hosts = ["127.0.0.1"]
+networks = ["127.0.0.0/8"]
+schemes = ["http"]
+
+[[automation.hooks]]
+name = "wandb"
+kind = "wandb"
+secret_env = ["HOOK_SECRET"]
+
+[[automation.rules]]
+entity = "acme"
+project = "edge"
+collection = "mnist"
+kind = "model"
+model = "mnist"
+"""
+
+
+def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
+    """kind = "agent": the alias resolves in the other agent's store (with its token), the
+    file comes from its versions/{n}/file route sha256-checked, and it serves here."""
+    linear_model(tmp_path / "m1.onnx", seed=1)
+    w2, b2 = linear_model(tmp_path / "m2.onnx", seed=2)
+    with agent_in_thread(tmp_path / "store", token="store-token-123") as store:
+        headers = {"Authorization": "Bearer store-token-123"}
+        for path in (tmp_path / "m1.onnx", tmp_path / "m2.onnx"):
+            data = path.read_bytes()
+            r = httpx.put(
+                f"http://127.0.0.1:{store.http}/api/models/mnist",
+                params={"sha256": hashlib.sha256(data).hexdigest(), "alias": "download"},
+                content=data, headers=headers, timeout=60,
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+        # The file route: the token, and exact bytes with their sha256.
+        url = f"http://127.0.0.1:{store.http}/api/models/mnist/versions/1/file"
+        assert httpx.get(url, timeout=30).status_code == 401
+        got = httpx.get(url, headers=headers, timeout=30)
+        assert got.content == (tmp_path / "m1.onnx").read_bytes()
+        assert got.headers["x-edgewire-sha256"] == hashlib.sha256(got.content).hexdigest()
+        assert httpx.get(url.replace("/1/", "/9/"), headers=headers, timeout=30).status_code == 404
+
+        (tmp_path / "a.toml").write_text(STORE_CONFIG.format(port=store.http))
+        flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
+        env = {**ENV, "STORE_TOKEN": "store-token-123"}
+        cfg = load_config(AgentConfig, flags=flags, config_file=tmp_path / "a.toml", environ=env)
+        with agent_in_thread(tmp_path / "data", automation=cfg.automation) as agent:
+            body = wandb_body("mnist")
+            assert post(agent.http, "wandb", body, wandb_signed(body)).status_code == 202
+            jobs = settle(agent.http, token=None)
+            deploy = next(j for j in jobs if j["kind"] == "deploy")
+            assert deploy["state"] == "succeeded", api(
+                agent.http, f"/api/jobs/{deploy['id']}", None
+            )
+            x = np.random.default_rng(0).random((2, 784), dtype=np.float32)
+            # Version 2 is what "download" names in the store: its weights answer here.
+            np.testing.assert_allclose(
+                infer(agent.http, "mnist", x), expected(x, w2, b2), atol=1e-4
+            )

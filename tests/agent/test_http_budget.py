@@ -140,9 +140,14 @@ def test_a_chunked_body_is_held_as_it_arrives_and_released(running: RunningAgent
     assert running.agent.frame_budget.used == 0
 
 
-def test_no_openapi_document_is_served(running: RunningAgent) -> None:
+def test_the_openapi_document_is_the_hand_written_one(running: RunningAgent) -> None:
+    """Not FastAPI's generated document (which would show internals): ours, whose paths
+    tests/agent/test_openapi.py keeps equal to the app's routes."""
     answer = httpx.get(f"http://127.0.0.1:{running.http}/openapi.json")
-    assert answer.status_code == 404
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["info"]["title"].lower().startswith("edgewire")
+    assert "/api/models/{name}" in document["paths"]
 
 
 def test_a_body_is_released_after_a_bad_request(running: RunningAgent) -> None:

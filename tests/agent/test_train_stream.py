@@ -257,3 +257,27 @@ def test_an_agent_that_dies_mid_run_is_a_connection_error(
             server.close()
 
     asyncio.run(go())
+
+
+def test_the_host_may_ask_for_the_trained_model_back(
+    agent: RunningAgent, digits: tuple[Dataset, Dataset]
+) -> None:
+    """A host that trains elsewhere (an automation retrain on a training agent) gets the
+    ONNX model in the summary, byte for byte what the agent exported."""
+    train, val = digits
+    options = StreamOptions(
+        run_id="back", spec=spec_for(train), epochs=1, batch_size=64, return_model=True
+    )
+    summary = asyncio.run(stream_training("127.0.0.1", agent.native, train, val, options))
+    model = summary["model"]
+    assert summary["model_bytes"] == len(model)
+    assert model == Path(summary["onnx"]).read_bytes()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = val.x[:4].astype(np.float32) / 255.0
+    assert session.run(None, {"input_0": x})[0].shape == (4, 10)
+    # Without asking, nothing but the meta comes back.
+    plain = asyncio.run(
+        stream_training("127.0.0.1", agent.native, train, None,
+                        StreamOptions(run_id="plain", spec=spec_for(train), batch_size=64))
+    )  # fmt: skip
+    assert "model" not in plain and "model_bytes" not in plain

@@ -98,7 +98,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_leaf_modules_import_nothing_of_edgewire_above_them() -> None:
     graph = import_graph()
-    assert graph["edgewire.ports"] == set()
+    assert graph["edgewire.ports"] <= {"edgewire.errors"}
     assert graph["edgewire.errors"] == set()
     assert graph["edgewire.serve.model"] <= {"edgewire.errors", "edgewire.fsutil"}
     # The store knows nothing of formats: no backend, no onnx parsing of its own.

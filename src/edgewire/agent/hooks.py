@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import math
 import secrets
@@ -435,6 +437,7 @@ class Automation:
             work = functools.partial(
                 retrain, _data_path(folder, resolved), train, current, out, halt=halt, say=say,
                 max_model_bytes=self.ctx.config.max_train_model_bytes,
+                run_id=_run_id(name, resolved.version_id, train),
             )  # fmt: skip
             self._halts.add(halt)
             if self._stop.is_set():
@@ -464,6 +467,13 @@ class Automation:
 
 
 # -- helpers of the handlers ---------------------------------------------------------------
+
+
+def _run_id(model: str, version_id: str, train: Mapping[str, Any]) -> str:
+    """The run a retrain on a training agent uses: the same for the same model, data
+    version and settings, so a job tried again resumes it rather than starting over."""
+    key = json.dumps([model, version_id, train], sort_keys=True, default=str)
+    return "auto-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 async def _serve(ctx: PortContext, name: str, model: Path, *, alias: str) -> ModelVersion:

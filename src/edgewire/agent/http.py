@@ -19,11 +19,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from edgewire import __version__
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import BodyHold, error_response, holding, read_body
+from edgewire.agent.http_common import (
+    BodyHold,
+    check_management,
+    error_response,
+    holding,
+    read_body,
+)
 from edgewire.agent.management import Endpoint, management_routes
+from edgewire.agent.openapi import OPENAPI_PATH, document
 from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve
 from edgewire.serve.model import TensorInfo
+from edgewire.serve.runtime import LoadedModel
 
 Route = tuple[str, Endpoint, list[str]]
 
@@ -33,7 +41,7 @@ PARSE_INLINE_BYTES = 256 * 1024
 
 def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
     """The app; ``routes`` are more ``(path, endpoint, methods)`` to mount (automation's)."""
-    # No /openapi.json: it would list the management routes to anyone, token or not.
+    # Not FastAPI's generated /openapi.json: ours (agent/openapi.py), behind the token.
     app = FastAPI(
         title="edgewire agent",
         version=__version__,
@@ -56,14 +64,36 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
     async def server_metadata() -> dict[str, Any]:
         return {"name": "edgewire", "version": __version__, "extensions": ["binary_tensor_data"]}
 
+    automation = agent.config.automation
+    spec = document(hooks=None if automation is None else [h.name for h in automation.hooks])
+
+    @app.get(OPENAPI_PATH)
+    async def openapi(request: Request) -> Response:
+        try:
+            check_management(agent.config, request)
+        except EdgewireError as exc:
+            return error_response(exc)
+        return JSONResponse(spec)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(agent.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def loaded_for(request: Request) -> LoadedModel:
+        """The model the path names, served in the version it names (if it names one)."""
+        name = request.path_params["name"]
+        loaded = serving.loaded(name)
+        version = request.path_params.get("version")
+        if version is not None and str(version) != str(loaded.version.version):
+            raise ModelNotFound(
+                f"model {name!r} serves version {loaded.version.version}, not {version}"
+            )
+        return loaded
+
     async def model_metadata(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            loaded = serving.loaded(name)
+            loaded = loaded_for(request)
             versions = [str(v.version) for v in serving.store.versions(name)]
         except EdgewireError as exc:
             return error_response(exc)
@@ -80,7 +110,7 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
         """Triton's model-configuration extension: batching, inputs, outputs."""
         name = request.path_params["name"]
         try:
-            loaded = serving.loaded(name)
+            loaded = loaded_for(request)
         except EdgewireError as exc:
             return error_response(exc)
         policy = serving.policy_of(name)
@@ -97,7 +127,11 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
 
     async def model_ready(request: Request) -> Response:
         name = request.path_params["name"]
-        ok = name in serving.names()
+        try:
+            loaded_for(request)
+            ok = True
+        except ModelNotFound:
+            ok = False
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 404)
 
     async def infer(request: Request) -> Response:
@@ -108,12 +142,7 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
     async def infer_held(request: Request, hold: BodyHold) -> Response:
         name = request.path_params["name"]
         try:
-            loaded = serving.loaded(name)
-            version = request.path_params.get("version")
-            if version is not None and str(version) != str(loaded.version.version):
-                raise ModelNotFound(
-                    f"model {name!r} serves version {loaded.version.version}, not {version}"
-                )
+            loaded = loaded_for(request)
             header_length = _header_length(request)
             body = await read_body(
                 request,

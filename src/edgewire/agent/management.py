@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import (
@@ -41,6 +41,7 @@ from edgewire.agent.http_common import (
 )
 from edgewire.errors import (
     ConfigError,
+    DataError,
     DiskFull,
     EdgewireError,
     ModelError,
@@ -292,6 +293,23 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             body["serving"] = instead
         return JSONResponse(body)
 
+    async def download_version(request: Request) -> Response:
+        """One stored version's model file (another agent's automation fetches it)."""
+        name = check_name(request.path_params["name"])
+        raw = request.path_params["version"]
+        if not (str(raw).isascii() and str(raw).isdigit()):
+            raise ConfigError(f"version must be a number, got {raw!r}")
+        version = await asyncio.to_thread(store.get, name, int(raw))
+        if version.external:
+            raise DataError(
+                f"{version.label} keeps its weights in external data files; "
+                "fetch it from where it was deployed"
+            )
+        return FileResponse(
+            version.model_path, media_type="application/octet-stream", filename=version.file,
+            headers={"X-Edgewire-Sha256": version.sha256},
+        )  # fmt: skip
+
     async def delete_alias(request: Request) -> Response:
         name = check_name(request.path_params["name"])
         alias = check_alias(request.path_params["alias"])
@@ -310,6 +328,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         ("/api/models/{name}/activate", guarded(activate), ["POST"]),
         ("/api/models/{name}/rollback", guarded(rollback), ["POST"]),
         ("/api/models/{name}/versions/{version}", guarded(delete_version), ["DELETE"]),
+        ("/api/models/{name}/versions/{version}/file", guarded(download_version), ["GET"]),
         ("/api/models/{name}/aliases/{alias}", guarded(delete_alias), ["DELETE"]),
     ]
 

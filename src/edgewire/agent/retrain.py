@@ -6,7 +6,9 @@ Runs in the agent's training thread; torch is imported only here, when a job nee
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgewire.errors import ConfigError, DataError, DependencyMissing, TrainError, require
-from edgewire.fsutil import sha256_file
+from edgewire.fsutil import atomic_write_bytes, sha256_file
 from edgewire.serve.model import ModelVersion, RuntimeOptions
 
 if TYPE_CHECKING:
@@ -34,23 +36,25 @@ def retrain(
     halt: threading.Event,
     say: Callable[[str], None],
     max_model_bytes: int,
+    run_id: str = "automation",
 ) -> dict[str, Any]:
     """Train on the data at ``data_path``, export ``out`` and score it and ``current`` on
-    the same held-out data (runs in the training thread; ``halt`` stops it between batches)."""
+    the same held-out data (runs in the training thread; ``halt`` stops it between batches).
+
+    With ``train_on`` the training runs on that agent instead, as run ``run_id`` (resumed
+    if it exists, so a job tried again continues it), and the model comes back in the
+    run's summary."""
+    if train.get("train_on"):
+        return _retrain_remote(data_path, train, current, out, halt=halt, say=say, run_id=run_id)
     try:
         require("torch", extra="train")
     except DependencyMissing as exc:  # a data rule on an agent that cannot train
         raise ConfigError(f"this agent cannot retrain: {exc}") from None
-    from edgewire.data.datasets import load_dataset
     from edgewire.train.local import train_local
     from edgewire.train.stream_client import spec_for
     from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
 
-    data = load_dataset(str(data_path), limit=train["limit"])
-    if train["holdout"]:
-        fit, held = data, load_dataset(str(train["holdout"]))
-    else:
-        fit, held = data.split(val_fraction=train["val_fraction"], seed=train["seed"])
+    fit, held = _split(data_path, train)
     spec = TrainSpec.from_dict(
         spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"])
     )
@@ -74,6 +78,67 @@ def retrain(
         "current_accuracy": None if current is None else accuracy(current, held),
         "holdout": len(held),
         "trained_on": len(fit),
+    }
+
+
+def _split(data_path: Path, train: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    from edgewire.data.datasets import load_dataset
+
+    data = load_dataset(str(data_path), limit=train["limit"])
+    if train["holdout"]:
+        return data, load_dataset(str(train["holdout"]))
+    return data.split(val_fraction=train["val_fraction"], seed=train["seed"])
+
+
+def _retrain_remote(
+    data_path: Path,
+    train: Mapping[str, Any],
+    current: ModelVersion | None,
+    out: Path,
+    *,
+    halt: threading.Event,
+    say: Callable[[str], None],
+    run_id: str,
+) -> dict[str, Any]:
+    """Stream the data to the training agent ``train_on`` and keep the model it sends back."""
+    from edgewire.ports import DEFAULT_NATIVE_PORT, parse_address
+    from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
+
+    host, port = parse_address(str(train["train_on"]), default_port=DEFAULT_NATIVE_PORT)
+    env = train.get("train_token_env")
+    token = os.environ.get(str(env)) if env else None
+    if env and not token:
+        raise ConfigError(f"the training agent's token variable {env} is not set")
+    fit, held = _split(data_path, train)
+    epochs = int(train["epochs"])
+    options = StreamOptions(
+        run_id=run_id,
+        spec=spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"]),
+        epochs=epochs, batch_size=int(train["batch_size"]), seed=int(train["seed"]),
+        resume=True, token=token, return_model=True,
+    )  # fmt: skip
+    say(f"training {train['arch']} on {len(fit)} samples for {epochs} epoch(s) "
+        f"on {host}:{port} (run {run_id})")  # fmt: skip
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if halt.is_set():  # the remote run stays at its last checkpoint, for the retry
+            raise TrainError("interrupted: the agent stopped, or the job lost its lease")
+        if kind == "epoch":
+            say(f"epoch {data['epoch'] + 1}/{epochs} on {host}:{port}: train accuracy "
+                f"{data['train']['accuracy']:.4f}")  # fmt: skip
+
+    summary = asyncio.run(stream_training(host, port, fit, None, options, on_event=on_event))
+    model = summary.get("model")
+    if not isinstance(model, bytes):
+        reason = summary.get("model_not_sent", "it sent no model")
+        raise TrainError(f"the training agent {host}:{port} kept the model: {reason}")
+    atomic_write_bytes(out, model, what="write the retrained model")
+    return {
+        "new_accuracy": accuracy(_candidate(out), held),
+        "current_accuracy": None if current is None else accuracy(current, held),
+        "holdout": len(held),
+        "trained_on": len(fit),
+        "trained_at": f"{host}:{port}",
     }
 
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from edgewire.agent.management import sweep_uploads
 from edgewire.agent.metrics import AgentMetrics
 from edgewire.agent.serving import Serving
 from edgewire.agent.split import SplitRuntime
+from edgewire.agent.tls import server_context
 from edgewire.config import AgentConfig
 from edgewire.errors import ConfigError
 from edgewire.fsutil import lock_folder, unlock_folder
@@ -163,6 +165,8 @@ class Agent:
             registry=self.metrics.registry,
         )
         self._lock: int | None = None
+        #: The native and HTTP ports' TLS (None: plain TCP), built at start-up.
+        self.tls: ssl.SSLContext | None = None
 
     @property
     def ready(self) -> bool:
@@ -171,6 +175,9 @@ class Agent:
     async def start(self) -> None:
         cfg = self.config
         cfg.check_bind_safety()
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            self.tls = server_context(cfg.tls_cert, cfg.tls_key)
+            log.info("TLS on the native and HTTP ports: the token travels encrypted")
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
             lock = lock_folder(cfg.data_dir)
@@ -189,7 +196,7 @@ class Agent:
         if self.automation is not None:
             await self.automation.start()
         self._plan_fds()
-        await self._listen("native", cfg.port, native_handler(self.context))
+        await self._listen("native", cfg.port, native_handler(self.context), tls=self.tls)
         for spec in PORTS:
             port = cfg.port_of(spec.name)
             if port is None:
@@ -203,7 +210,13 @@ class Agent:
         log.info("edgewire agent listening: %s", self.ports)
 
     async def _listen(
-        self, name: str, port: int, handler: Handler, *, host: str | None = None
+        self,
+        name: str,
+        port: int,
+        handler: Handler,
+        *,
+        host: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._track(name, handler, reader, writer)
@@ -217,6 +230,9 @@ class Agent:
                 limit=STREAM_LIMIT,
                 backlog=LISTEN_BACKLOG,
                 reuse_address=True,
+                # The handler (and the connection count) starts once the handshake is done.
+                ssl=tls,
+                ssl_handshake_timeout=self.config.frame_timeout if tls else None,
             )
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} ({name}): {exc}") from exc
@@ -362,6 +378,7 @@ class Agent:
         sock.setblocking(False)
         self.ports["http"] = sock.getsockname()[1]
         routes = self.automation.routes() if self.automation is not None else []
+        tls = self.tls
         config = uvicorn.Config(
             create_app(self.context, routes=routes),
             log_level="warning",
@@ -379,6 +396,8 @@ class Agent:
             # Past this many connections and requests at once, new ones get 503 (the
             # connections past it are closed at once, see _admit_http).
             limit_concurrency=self._conns.cap("http"),
+            # The same context as the native port's (uvicorn would build its own).
+            ssl_context_factory=None if tls is None else lambda _config, _default: tls,
         )
         self._http = _QuietUvicorn(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))

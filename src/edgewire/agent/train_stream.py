@@ -13,6 +13,7 @@ import contextlib
 import functools
 import queue
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 _END = None
 #: How long a new stream waits for the old one of the same run to let go.
 REATTACH_WAIT_S = 5.0
+#: What a TRAIN_SUMMARY's meta may take beside the model it returns (bytes).
+_SUMMARY_ROOM = 1024 * 1024
 DEFAULT_WINDOW = 8
 
 
@@ -127,11 +130,24 @@ def _open_checked(
     return opened
 
 
-def _finish(agent: PortContext, state: RunState) -> dict[str, Any]:
-    """The final checkpoint and ONNX model, then the oldest finished runs beyond
-    ``max_finished_runs`` go (blocking: training thread)."""
+def _finish(
+    agent: PortContext, state: RunState, want_model: bool
+) -> tuple[dict[str, Any], list[np.ndarray[Any, Any]]]:
+    """The final checkpoint and ONNX model (its bytes too when the host asked and they fit
+    in a frame), then the oldest finished runs beyond ``max_finished_runs`` go (blocking:
+    training thread)."""
+    tensors: list[np.ndarray[Any, Any]] = []
     try:
-        return finish_run(state)
+        summary = finish_run(state)
+        if want_model:
+            onnx = Path(summary["onnx"])
+            room = agent.config.max_frame_bytes - _SUMMARY_ROOM
+            if onnx.stat().st_size <= room:
+                tensors.append(np.frombuffer(onnx.read_bytes(), dtype=np.uint8))
+                summary["model_bytes"] = int(tensors[0].size)
+            else:
+                summary["model_not_sent"] = f"the model is over {room} bytes, a frame's room"
+        return summary, tensors
     finally:
         agent.runs.prune_finished(agent.config.max_finished_runs)
         agent.disk.changed()
@@ -159,7 +175,7 @@ async def _pump(agent: PortContext, stream: FramedStream, state: RunState, windo
         lambda outcome: loop.call_soon_threadsafe(deliver, outcome),
     )
     cfg = agent.config
-    ended = False
+    ended = want_model = False
     # One plain read per frame; a stop request or a failed training thread
     # interrupts the read by cancelling this task (cheaper per batch than
     # racing two fresh tasks with asyncio.wait, and the loop's time is the
@@ -201,14 +217,17 @@ async def _pump(agent: PortContext, stream: FramedStream, state: RunState, windo
                 jobs.put_nowait(item)  # cannot be full: it holds at most `window` batches
             elif frame.type is MsgType.TRAIN_END:
                 ended = True
+                want_model = message.meta.get("return_model") is True
             elif frame.type is MsgType.PING:
                 stream.send(MsgType.PONG, message.meta, request_id=frame.request_id)
             else:
                 raise ProtocolError(f"{frame.type.name} is not accepted during a training run")
         await asyncio.to_thread(jobs.put, _END)
         await worker
-        summary = await loop.run_in_executor(agent.train_executor, _finish, agent, state)
-        stream.send(MsgType.TRAIN_SUMMARY, summary)
+        summary, model = await loop.run_in_executor(
+            agent.train_executor, _finish, agent, state, want_model
+        )
+        stream.send(MsgType.TRAIN_SUMMARY, summary, model)
         await stream.drain(cfg.idle_timeout)
     except _Draining:
         await _stop_worker(worker, jobs)

@@ -50,6 +50,7 @@ from edgewire.automation.signatures import (
 )
 from edgewire.automation.urls import UrlPolicy
 from edgewire.errors import ConfigError
+from edgewire.ports import DEFAULT_NATIVE_PORT
 from edgewire.train.choices import MODEL_NAMES
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class SourceKind(enum.StrEnum):
     LOCAL = "local"
     HTTP = "http"
     WANDB = "wandb"
+    AGENT = "agent"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,8 +106,17 @@ class RuleOptions:
     #: A data set (a name or a path on the agent) to compare on, instead of a share of
     #: the new data: an operator's trusted test set.
     holdout: str | None = None
+    #: Train on this agent (HOST:PORT, its native port) instead of here: the data is
+    #: streamed to it and the model comes back in the run's summary.
+    train_on: str | None = None
+    #: The environment variable holding that agent's token (never the token itself).
+    train_token_env: str | None = None
 
     def __post_init__(self) -> None:
+        if self.train_on is not None:
+            from edgewire.ports import parse_address
+
+            parse_address(self.train_on, default_port=DEFAULT_NATIVE_PORT)
         if self.arch not in MODEL_NAMES:
             raise ConfigError(f"arch {self.arch!r} is not one of {', '.join(MODEL_NAMES)}")
         if not 1 <= self.epochs <= 1000 or not 1 <= self.batch_size <= 65536:
@@ -120,7 +131,8 @@ class RuleOptions:
         return {
             "arch": self.arch, "epochs": self.epochs, "batch_size": self.batch_size,
             "lr": self.lr, "seed": self.seed, "val_fraction": self.val_fraction,
-            "limit": self.limit, "holdout": self.holdout,
+            "limit": self.limit, "holdout": self.holdout, "train_on": self.train_on,
+            "train_token_env": self.train_token_env,
         }  # fmt: skip
 
 
@@ -133,7 +145,8 @@ class SourceConfig:
     root: Path | None = None
     #: http: the manifest URL template, e.g. ``https://store.example/{path}/{alias}.json``.
     manifest_url: str | None = None
-    #: wandb: the server (None: W&B's cloud) and the API key (from ``api_key_env``).
+    #: wandb: the server (None: W&B's cloud) and the API key (from ``api_key_env``);
+    #: agent: the other agent's HTTP address (``http://HOST:8000``) and its token.
     base_url: str | None = None
     api_key: str | None = dataclasses.field(default=None, repr=False)
     max_bytes: int = 2 * 1024**3
@@ -144,6 +157,8 @@ class SourceConfig:
             raise ConfigError("a local source needs a root folder")
         if self.kind is SourceKind.HTTP and not self.manifest_url:
             raise ConfigError("an http source needs a manifest_url")
+        if self.kind is SourceKind.AGENT and not self.base_url:
+            raise ConfigError("an agent source needs a base_url (http://HOST:PORT)")
         if self.max_bytes < 1 or not self.timeout_s > 0:
             raise ConfigError("a source's max_bytes and timeout_s must be positive")
 
@@ -159,6 +174,11 @@ class SourceConfig:
             return sources.HttpSource(
                 fetcher, manifest_url=self.manifest_url, max_bytes=self.max_bytes
             )
+        if self.kind is SourceKind.AGENT:
+            assert self.base_url is not None
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            fetcher = GuardedFetcher(policy, timeout_s=self.timeout_s, headers=headers)
+            return sources.AgentSource(fetcher, base_url=self.base_url, max_bytes=self.max_bytes)
         return sources.WandbSource(
             policy=policy, api_key=self.api_key, base_url=self.base_url, max_bytes=self.max_bytes
         )
@@ -395,6 +415,8 @@ def _rule(table: _Table) -> tuple[Rule, RuleOptions]:
         "val_fraction": table.number("val_fraction", 0.2),
         "limit": table.integer("limit", None),
         "holdout": table.text("holdout", None),
+        "train_on": table.text("train_on", None),
+        "train_token_env": table.text("train_token_env", None),
     }
     table.done()
     rule = table.checked(

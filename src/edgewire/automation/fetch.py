@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urljoin
 
 import httpx
@@ -54,8 +54,11 @@ class GuardedFetcher:
         total_timeout_s: float = 3600.0,
         resolver: Resolver = _system_resolver,
         transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``headers`` go with every request (an agent source's bearer token)."""
         self.policy = policy
+        self._headers = dict(headers or {})
         self.timeout_s = timeout_s
         self.total_timeout_s = total_timeout_s
         self._resolver = resolver
@@ -68,6 +71,7 @@ class GuardedFetcher:
             trust_env=False,
             timeout=httpx.Timeout(self.timeout_s),
             transport=self._transport,
+            headers=self._headers,
         )
 
     async def fetch(

@@ -38,6 +38,7 @@ from edgewire.errors import (
     ChecksumMismatch,
     DataError,
     FrameTooLarge,
+    ModelNotFound,
     NotAllowed,
     ProtocolError,
     RemoteError,
@@ -360,6 +361,60 @@ class HttpSource:
         finally:
             await asyncio.to_thread(_discard_staging, tmp)
         return [dest_dir / f.name for f in resolved.files]
+
+
+# -- another edgewire agent's model store --------------------------------------------------
+
+
+_SUFFIXES = {"onnx": "onnx", "tflite": "tflite"}
+
+
+class AgentSource(HttpSource):
+    """The model store of another edgewire agent (``kind = "agent"``): a ref's collection is
+    the model's name there and its alias the alias; ``GET /api/models`` (with the agent's
+    token) resolves it to a version and its sha256, and the file comes from
+    ``GET /api/models/{name}/versions/{n}/file``, through the same guarded, capped,
+    checked download as any HTTP source (the agent's host must be allow-listed)."""
+
+    def __init__(
+        self, fetcher: GuardedFetcher, *, base_url: str, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        super().__init__(fetcher, max_bytes=max_bytes, max_files=1)
+        self.base_url = base_url.rstrip("/")
+        fetcher.policy.check_url(self.base_url + "/api/models")  # refused now, not at a job
+
+    async def resolve(self, ref: str) -> Resolved:
+        path, alias = parse_ref(ref)
+        name = path.rsplit("/", 1)[1]
+        body = bytearray()
+        async with self.fetcher.client() as client:
+            await self.fetcher.fetch(
+                client, self.base_url + "/api/models", body.extend, max_bytes=MAX_MANIFEST_BYTES
+            )
+        listing = loads_strict(bytes(body), what="the agent's model list")
+        models = listing.get("models") if isinstance(listing, dict) else None
+        if not isinstance(models, list):
+            raise ProtocolError("the agent's model list has no 'models'")
+        model = next((m for m in models if isinstance(m, dict) and m.get("name") == name), None)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not in the agent's store")
+        number = (model.get("aliases") or {}).get(alias)
+        version = next(
+            (v for v in model.get("versions") or [] if isinstance(v, dict)
+             and v.get("version") == number), None,
+        )  # fmt: skip
+        if not isinstance(number, int) or version is None:
+            raise ModelNotFound(f"model {name!r} has no alias {alias!r} there")
+        sha, size, fmt = version.get("sha256"), version.get("size"), version.get("format")
+        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)) or fmt not in _SUFFIXES:
+            raise ProtocolError(f"the agent lists {name!r} version {number} oddly")
+        url = f"{self.base_url}/api/models/{name}/versions/{number}/file"
+        file = RemoteFile(name=f"model.{_SUFFIXES[str(fmt)]}", url=url, sha256=sha,
+                          size=size if isinstance(size, int) and size >= 0 else None)  # fmt: skip
+        _check_manifest((file,), max_bytes=self.max_bytes, max_files=1)
+        # The sha in the id: a store that deleted and re-made a model reuses numbers.
+        return Resolved(ref=ref, version_id=f"{name}/v{number}@{sha[:12]}", digest=sha,
+                        files=(file,))  # fmt: skip
 
 
 # -- Weights & Biases -------------------------------------------------------------------

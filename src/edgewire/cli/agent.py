@@ -41,6 +41,16 @@ def _fixed_options(
             r"beyond loopback \[env: EDGEWIRE_TOKEN]."
         ),
     ),
+    tls_cert: Path | None = typer.Option(
+        None,
+        help=(
+            "PEM certificate (chain): TLS on the native and HTTP ports; needs --tls-key "
+            r"\[env: EDGEWIRE_TLS_CERT]."
+        ),
+    ),
+    tls_key: Path | None = typer.Option(
+        None, help=r"PEM private key of --tls-cert, unencrypted \[env: EDGEWIRE_TLS_KEY]."
+    ),
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
     ),

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from edgewire.client.native import tls_from_env
 from edgewire.errors import AuthError, ConnectError, RemoteError
 from edgewire.ports import DEFAULT_HTTP_PORT
 
@@ -21,8 +22,12 @@ def auth_headers(token: str | None) -> dict[str, str]:
 def send(method: str, host: str, port: int, path: str, **kwargs: Any) -> httpx.Response:
     """One request to an agent's HTTP port; ConnectError when there is no HTTP answer."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    context = tls_from_env()
+    scheme = "https" if context is not None else "http"
+    if context is not None:
+        kwargs.setdefault("verify", context)
     try:
-        return httpx.request(method, f"http://{where}{path}", **kwargs)
+        return httpx.request(method, f"{scheme}://{where}{path}", **kwargs)
     except httpx.RemoteProtocolError as exc:
         # What the native port (or any other non-HTTP one) does with an HTTP request.
         raise ConnectError(

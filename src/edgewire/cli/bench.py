@@ -13,9 +13,9 @@ import typer
 from rich.table import Table
 
 from edgewire.bench.loadgen import PROTOCOLS
-from edgewire.cli.common import console, parse_address
+from edgewire.cli.common import console
 from edgewire.errors import ConfigError, ConnectError, DependencyMissing, RemoteError
-from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, port_spec
+from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, parse_address, port_spec
 
 #: Error kinds from the load generator that mean the agent could not be reached or went away.
 _CONNECTION_KINDS = {

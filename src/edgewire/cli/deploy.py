@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgewire.cli.agent_http import auth_headers, check, send
-from edgewire.cli.common import console, parse_address
+from edgewire.cli.common import console
 from edgewire.errors import (
     AuthError,
     ConfigError,
@@ -24,7 +24,7 @@ from edgewire.errors import (
     RemoteError,
     error_for_code,
 )
-from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT
+from edgewire.ports import DEFAULT_HTTP_PORT, DEFAULT_NATIVE_PORT, parse_address
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 
 CHUNK = 256 * 1024

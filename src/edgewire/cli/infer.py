@@ -18,9 +18,9 @@ import numpy.typing as npt
 import typer
 from rich.table import Table
 
-from edgewire.cli.common import console, parse_address, run
+from edgewire.cli.common import console, run
 from edgewire.errors import DataError, ModelError
-from edgewire.ports import DEFAULT_NATIVE_PORT
+from edgewire.ports import DEFAULT_NATIVE_PORT, parse_address
 
 if TYPE_CHECKING:
     from edgewire.client.native import Client

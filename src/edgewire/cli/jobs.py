@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from edgewire.cli.agent_http import auth_headers, check, send
-from edgewire.cli.common import console, parse_address
+from edgewire.cli.common import console
 from edgewire.errors import ConfigError
-from edgewire.ports import DEFAULT_HTTP_PORT
+from edgewire.ports import DEFAULT_HTTP_PORT, parse_address
 
 
 def _when(stamp: float | None) -> str:

@@ -12,10 +12,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edgewire.cli.common import console, parse_address, run
+from edgewire.cli.common import console, run
 from edgewire.cli.infer import describe, load_input, served_model
 from edgewire.errors import ConfigError, EdgewireError, RemoteError, error_for_code
-from edgewire.ports import DEFAULT_NATIVE_PORT
+from edgewire.ports import DEFAULT_NATIVE_PORT, parse_address
 from edgewire.split.codec import TENSOR_CODERS
 
 _TIMES = ("head_ms", "encode_ms", "transfer_ms", "tail_ms", "decode_ms", "total_ms")

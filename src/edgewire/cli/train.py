@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgewire.cli.common import console, err_console, parse_address, run
+from edgewire.cli.common import console, err_console, run
 from edgewire.cli.progress import TrainDisplay
 from edgewire.errors import ConfigError, ConnectError, ProtocolError
-from edgewire.ports import DEFAULT_NATIVE_PORT
+from edgewire.ports import DEFAULT_NATIVE_PORT, parse_address
 from edgewire.train.choices import MODEL_NAMES, OPTIMIZERS
 from edgewire.train.stream_client import spec_for
 

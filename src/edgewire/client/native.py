@@ -20,6 +20,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from edgewire.errors import (
     AuthError,
+    ConfigError,
     ConnectError,
     EdgewireError,
     ProtocolError,
@@ -59,6 +61,24 @@ TOKEN_ENV = "EDGEWIRE_TOKEN"  # noqa: S105 -- the name of a variable, not a secr
 MAX_IN_FLIGHT = 64
 
 
+#: A CA file (or an agent's self-signed certificate): with it set, clients speak TLS to
+#: agents started with --tls-cert (HTTP too, in the CLI), trusting that file.
+TLS_CA_ENV = "EDGEWIRE_TLS_CA"
+
+
+def tls_from_env() -> SSLContext | None:
+    """The TLS context ``EDGEWIRE_TLS_CA`` asks for, or None (plain connections)."""
+    import ssl
+
+    cafile = os.environ.get(TLS_CA_ENV)
+    if not cafile:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{TLS_CA_ENV}={cafile!r} is not a readable CA file: {exc}") from None
+
+
 class Client:
     """A pipelined native-protocol client: many requests in flight on one connection."""
 
@@ -88,11 +108,16 @@ class Client:
         timeout: float = 30.0,
         max_in_flight: int = MAX_IN_FLIGHT,
         token: str | None = None,
+        ssl: SSLContext | bool | None = None,
     ) -> Client:
         """Connect; with a token (default: ``EDGEWIRE_TOKEN``), say hello with it at once,
-        so that a wrong one fails here as an AuthError rather than at the first request."""
+        so that a wrong one fails here as an AuthError rather than at the first request.
+        ``ssl``: to an agent run with ``--tls-cert``, a context that trusts its
+        certificate (True: the default context, for a certificate of a public CA)."""
         token = token or os.environ.get(TOKEN_ENV) or None
-        stream = await open_framed(host, port, timeout=timeout)
+        if ssl is None:
+            ssl = tls_from_env()
+        stream = await open_framed(host, port, timeout=timeout, ssl=ssl)
         client = cls(stream, timeout=timeout, max_in_flight=max_in_flight, token=token)
         if token:
             try:

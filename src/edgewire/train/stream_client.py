@@ -46,6 +46,8 @@ class StreamOptions:
     timeout: float = 300.0
     #: The agent's token, sent in a HELLO before TRAIN_BEGIN (default: ``EDGEWIRE_TOKEN``).
     token: str | None = field(default=None, repr=False)
+    #: Ask for the trained ONNX model's bytes in the summary (``summary["model"]``).
+    return_model: bool = False
 
 
 def spec_for(
@@ -211,7 +213,7 @@ async def _send_all(
             request_id=seq % 2**32,
         )
         await stream.drain(options.timeout)
-    stream.send(MsgType.TRAIN_END, {})
+    stream.send(MsgType.TRAIN_END, {"return_model": True} if options.return_model else {})
     await stream.drain(options.timeout)
 
 
@@ -245,6 +247,12 @@ async def _receive(
             emit("epoch", message.meta)
         elif frame.type is MsgType.TRAIN_SUMMARY:
             emit("summary", message.meta)
-            return message.meta
+            summary = dict(message.meta)
+            if options.return_model and message.tensors:
+                model = message.tensors[0]
+                if model.dtype != np.uint8 or model.ndim != 1:
+                    raise ProtocolError("the summary's model is not a 1-D uint8 tensor")
+                summary["model"] = model.tobytes()
+            return summary
         elif frame.type is not MsgType.PONG:
             raise ProtocolError(f"unexpected {frame.type.name} during a training run")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as _ssl
 from collections import deque
 from typing import Any
 
@@ -203,11 +204,20 @@ def _remote_error(code: str, text: str) -> RemoteError:
 
 
 async def open_framed(
-    host: str, port: int, *, timeout: float = 10.0, max_payload: int = DEFAULT_MAX_PAYLOAD
+    host: str,
+    port: int,
+    *,
+    timeout: float = 10.0,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ssl: _ssl.SSLContext | bool | None = None,
 ) -> FramedStream:
+    """A framed connection to ``host:port``; ``ssl``: TLS with this context (True: the
+    default one, which checks the certificate against the system's CAs and ``host``)."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK)
+            reader, writer = await asyncio.open_connection(
+                host, port, limit=READ_CHUNK, ssl=ssl or None
+            )
     except TimeoutError as exc:
         raise PeerTimeout(f"connecting to {host}:{port} timed out after {timeout:g} s") from exc
     except OSError as exc:

@@ -1,0 +1,326 @@
+"""The agent's OpenAPI 3.1 document (``GET /openapi.json``), written out by hand.
+
+Not FastAPI's generated one: that would describe whatever the handlers' signatures
+happen to say, and list every route to anyone. This one says what each route takes
+and answers, and nothing about how it is built; ``/openapi.json`` is behind the
+management check (the token, or loopback when the agent has none).
+``tests/agent/test_openapi.py`` checks that its paths and methods are the app's routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edgewire import __version__
+from edgewire.serve.kserve import DATATYPES, HEADER_LENGTH
+from edgewire.serve.store import DEFAULT_ALIAS, NAME
+
+Schema = dict[str, Any]
+
+OPENAPI_PATH = "/openapi.json"
+
+_NAME: Schema = {"type": "string", "pattern": NAME.pattern}
+_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+}
+_TENSOR_META: Schema = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"enum": sorted(DATATYPES)},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+_PARAMETERS: Schema = {"type": "object", "additionalProperties": True}
+_INFER_REQUEST: Schema = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"enum": sorted(DATATYPES)},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data": {"type": "boolean"}},
+                    },
+                },
+            },
+        },
+    },
+}
+_INFER_RESPONSE: Schema = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_JOB: Schema = {
+    "type": "object",
+    "required": ["id", "kind", "state", "attempts", "max_attempts"],
+    "properties": {
+        "id": {"type": "integer"},
+        "kind": {"type": "string"},
+        "state": {"enum": ["queued", "running", "succeeded", "failed"]},
+        "attempts": {"type": "integer"},
+        "max_attempts": {"type": "integer"},
+        "error": {"type": ["string", "null"]},
+    },
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+def _object(required: Sequence[str] = (), **properties: Schema) -> Schema:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+def _path(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+_MODEL = _path("name", _NAME, "The model's name.")
+_VERSION = _path("version", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "A version number.")
+_FLAG: Schema = {"enum": ["1", "0", "true", "false", "yes", "no"]}
+#: Every management route answers these too.
+_GUARDED = {"401": _error("The token is missing or wrong (or, without one, a remote caller).")}
+_SECURED: list[Schema] = [{"bearer": []}]
+
+
+def _operation(summary: str, responses: Schema, *, guarded: bool = False, **more: Any) -> Schema:
+    op: Schema = {"summary": summary, "responses": responses, **more}
+    if guarded:
+        op["security"] = _SECURED
+        op["responses"] = {**responses, **_GUARDED}
+    return op
+
+
+def _kserve_paths() -> dict[str, Schema]:
+    paths: dict[str, Schema] = {}
+    for prefix, params in (
+        ("/v2/models/{name}", [_MODEL]),
+        ("/v2/models/{name}/versions/{version}", [_MODEL, _VERSION]),
+    ):
+        not_found = {"404": _error("No such model (or it serves another version).")}
+        paths[prefix] = {"get": _operation("KServe v2 model metadata", {
+            "200": _json(_object(["name", "versions", "platform", "inputs", "outputs"],
+                                 name={"type": "string"},
+                                 versions={"type": "array", "items": {"type": "string"}},
+                                 platform={"type": "string"},
+                                 inputs={"type": "array", "items": _TENSOR_META},
+                                 outputs={"type": "array", "items": _TENSOR_META}),
+                         "The model's inputs and outputs."),
+            **not_found}, parameters=params)}  # fmt: skip
+        paths[prefix + "/ready"] = {"get": _operation("Whether the model is served", {
+            "200": _json(_object(["name", "ready"], name={"type": "string"},
+                                 ready={"type": "boolean"}), "It is served."),
+            "404": _json(_object(["name", "ready"], name={"type": "string"},
+                                 ready={"type": "boolean"}), "It is not."),
+        }, parameters=params)}  # fmt: skip
+        paths[prefix + "/config"] = {"get": _operation("Triton's model configuration", {
+            "200": _json({"type": "object", "required": ["name", "platform", "max_batch_size"]},
+                         "Batching, inputs and outputs."),
+            **not_found}, parameters=params)}  # fmt: skip
+        paths[prefix + "/infer"] = {"post": _operation("KServe v2 inference", {
+            "200": {"description": "The outputs (JSON, or JSON and binary tensor data).",
+                    "content": {"application/json": {"schema": _INFER_RESPONSE},
+                                "application/octet-stream": {}}},
+            "400": _error("A malformed request (or data that does not fit the model)."),
+            **not_found,
+            "413": _error("The body is over max_request_bytes."),
+            "503": _error("Busy: the queue or the shared byte budget is full; retry."),
+        }, parameters=[*params, {
+            "name": HEADER_LENGTH, "in": "header", "required": False,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            "description": "With binary tensor data: the byte length of the JSON part.",
+        }], requestBody={"required": True, "content": {
+            "application/json": {"schema": _INFER_REQUEST},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }})}  # fmt: skip
+    return paths
+
+
+def _management_paths() -> dict[str, Schema]:
+    refused = {"404": _error("No such model, version or alias."),
+               "422": _error("The change is refused (the model does not load, ...)."),
+               "400": _error("A malformed request.")}  # fmt: skip
+    upload = _operation("Upload a model file as a new version (PUT and POST alike)", {
+        "201": _json(_object(["name", "version", "format", "sha256"], name={"type": "string"},
+                             version={"type": "integer"}, format={"type": "string"},
+                             sha256={"type": "string"}, alias={"type": "string"},
+                             active={"type": "boolean"}), "Stored (and serving, if activated)."),
+        **refused,
+        "413": _error("The file is over max_upload_bytes."),
+        "507": _error("The disk budget has no room for it."),
+    }, guarded=True, parameters=[
+        _MODEL,
+        _query("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+               "The file's sha256 (hex); a mismatch is refused."),
+        _query("alias", _NAME, f"The alias that moves to it (default {DEFAULT_ALIAS!r})."),
+        _query("filename", {"type": "string"}, "The file's name: its suffix must fit its format."),
+        _query("activate", _FLAG, "0: store it without serving it."),
+    ], requestBody={"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    )  # fmt: skip
+    named = _json(_object(["name", "version", "alias"], name={"type": "string"},
+                          version={"type": "integer"}, alias={"type": "string"}),
+                  "What the alias names now.")  # fmt: skip
+    return {
+        "/api/models": {"get": _operation("The stored models, their versions and aliases", {
+            "200": _json(_object(["models"], models={"type": "array", "items": {"type": "object"}}),
+                         "Every model."),
+        }, guarded=True)},
+        "/api/models/{name}": {
+            "put": {**upload, "operationId": "uploadModel"},
+            "post": {**upload, "operationId": "uploadModelPost"},
+            "delete": _operation("Delete a model, all its versions and aliases", {
+                "200": _json(_object(["name", "deleted"], name={"type": "string"},
+                                     deleted={"type": "array", "items": {"type": "integer"}}),
+                             "Deleted."), **refused,
+            }, guarded=True, parameters=[_MODEL]),
+        },
+        "/api/models/{name}/activate": {"post": _operation("Serve a version under an alias", {
+            "200": named, **refused}, guarded=True, parameters=[_MODEL],
+            requestBody={"required": True, "content": {"application/json": {"schema": _object(
+                ["version"], version={"type": ["integer", "string"]}, alias=_NAME)}}})},
+        "/api/models/{name}/rollback": {"post": _operation(
+            "Move an alias back to the version it named before", {"200": named, **refused},
+            guarded=True, parameters=[_MODEL],
+            requestBody={"required": False, "content": {"application/json": {"schema": _object(
+                alias=_NAME)}}})},
+        "/api/models/{name}/versions/{version}": {"delete": _operation("Delete one version", {
+            "200": _json(_object(["name", "deleted"], name={"type": "string"},
+                                 deleted={"type": "integer"}, serving={"type": "integer"}),
+                         "Deleted (and what serves instead)."), **refused,
+            "422": _error("It is served, and force is not set (or nothing else could serve)."),
+        }, guarded=True, parameters=[_MODEL, _VERSION,
+                                     _query("force", _FLAG, "1: delete it even while served.")])},
+        "/api/models/{name}/versions/{version}/file": {"get": _operation(
+            "One version's model file (another agent's automation source fetches it)", {
+                "200": {"description": "The model file; its sha256 in X-Edgewire-Sha256.",
+                        "content": {"application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}}}},
+                "400": _error("A bad version number, or a model kept in several files."),
+                "404": _error("No such model or version."),
+            }, guarded=True, parameters=[_MODEL, _VERSION])},
+        "/api/models/{name}/aliases/{alias}": {"delete": _operation("Remove an alias", {
+            "200": _json(_object(["name", "alias"], name={"type": "string"},
+                                 alias={"type": "string"}, was={}), "Removed."), **refused,
+        }, guarded=True, parameters=[_MODEL, _path("alias", _NAME, "The alias.")])},
+    }  # fmt: skip
+
+
+def _automation_paths(hooks: Sequence[str]) -> dict[str, Schema]:
+    paths: dict[str, Schema] = {}
+    for hook in hooks:
+        paths[f"/hooks/{hook}"] = {"post": _operation(f"A webhook delivery for hook {hook!r}", {
+            "200": _json(_object(["job", "status"], job={"type": ["integer", "null"]},
+                                 status={"enum": ["duplicate", "ignored"]}),
+                         "Seen before, or no rule matches."),
+            "202": _json(_object(["job", "status"], job={"type": "integer"},
+                                 status={"const": "queued"}), "Queued as a job."),
+            "400": _error("A malformed delivery."),
+            "401": _error("The signature (or token) is missing or wrong."),
+            "403": _error("Not on the allow-list."),
+            "413": _error("The body is over the hook's cap."),
+            "429": _error("Over the hook's rate limit (see Retry-After)."),
+            "503": _error("The queue is full; retry."),
+        }, description="Signed as the hook's kind says (W&B, Standard Webhooks, GitHub).",
+            requestBody={"required": True, "content": {"application/json": {
+                "schema": {"type": "object"}}}})}  # fmt: skip
+    paths["/api/jobs"] = {"get": _operation("The newest jobs and the count in each state", {
+        "200": _json(_object(["jobs", "counts"], jobs={"type": "array", "items": _JOB},
+                             counts={"type": "object",
+                                     "additionalProperties": {"type": "integer"}}),
+                     "The jobs, newest first."),
+        "400": _error("A bad limit."),
+        "503": _error("The queue is not open (starting or stopping)."),
+    }, guarded=True, parameters=[
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "How many (50)."),
+    ])}  # fmt: skip
+    paths["/api/jobs/{id}"] = {"get": _operation("One job, with its log tail", {
+        "200": _json(_JOB, "The job."),
+        "400": _error("Not a job id."),
+        "404": _error("No such job (finished ones are pruned in time)."),
+    }, guarded=True, parameters=[
+        _path("id", {"type": "integer", "minimum": 0}, "The job's id."),
+    ])}  # fmt: skip
+    return paths
+
+
+def document(*, hooks: Sequence[str] | None) -> Schema:
+    """The document of an agent whose automation has ``hooks`` (None: automation off)."""
+    plain = {"description": "Text.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    paths: dict[str, Schema] = {
+        "/v2/health/live": {"get": _operation("Liveness", {
+            "200": _json(_object(["live"], live={"type": "boolean"}), "The agent runs.")})},
+        "/v2/health/ready": {"get": _operation("Readiness", {
+            "200": _json(_object(["ready"], ready={"type": "boolean"}), "Serving."),
+            "503": _json(_object(["ready"], ready={"type": "boolean"}), "Starting or stopping."),
+        })},
+        "/v2": {"get": _operation("KServe v2 server metadata", {
+            "200": _json(_object(["name", "version", "extensions"], name={"type": "string"},
+                                 version={"type": "string"},
+                                 extensions={"type": "array", "items": {"type": "string"}}),
+                         "The server.")})},
+        "/metrics": {"get": _operation("Prometheus metrics", {"200": plain})},
+        OPENAPI_PATH: {"get": _operation("This document", {
+            "200": _json({"type": "object"}, "OpenAPI 3.1.")}, guarded=True)},
+        **_kserve_paths(),
+        **_management_paths(),
+        **({} if hooks is None else _automation_paths(hooks)),
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "edgewire agent", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -676,3 +676,57 @@ def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
             np.testing.assert_allclose(
                 infer(agent.http, "mnist", x), expected(x, w2, b2), atol=1e-4
             )
+
+
+GATED_CONFIG = """
+[automation.source]
+kind = "local"
+root = "{root}"
+
+[automation.allow]
+entities = ["acme"]
+projects = ["edge"]
+collections = ["dmodel"]
+
+[[automation.hooks]]
+name = "wandb"
+kind = "wandb"
+secret_env = ["HOOK_SECRET"]
+
+[[automation.rules]]
+entity = "acme"
+project = "edge"
+collection = "dmodel"
+kind = "model"
+model = "digits"
+holdout = "{holdout}"
+"""
+
+
+def test_a_model_delivery_with_a_holdout_is_gated(tmp_path: Path) -> None:
+    """A model rule that names a holdout set deploys a delivered model only if it is no
+    worse on it than the served one."""
+    digits = load_dataset("digits")
+    root = tmp_path / "artifacts"
+    for name, data, epochs in (("good", digits, 3), ("poor", digits.subset(40), 1)):
+        (root / "acme/edge/dmodel" / name).mkdir(parents=True)
+        export(data, root / "acme/edge/dmodel" / name / "model.onnx", epochs=epochs)
+    save_npz(tmp_path / "holdout.npz", digits.subset(300))
+    point(root / "acme/edge/dmodel/download", "good")
+    (tmp_path / "g.toml").write_text(
+        GATED_CONFIG.format(root=root, holdout=tmp_path / "holdout.npz")
+    )
+    flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
+    cfg = load_config(AgentConfig, flags=flags, config_file=tmp_path / "g.toml", environ=ENV)
+    with agent_in_thread(tmp_path / "data", automation=cfg.automation) as agent:
+        body = wandb_body("dmodel")
+        for expect_deployed in (True, False):
+            assert post(agent.http, "wandb", body, wandb_signed(body)).status_code == 202
+            jobs = settle(agent.http, token=None)
+            deploy = api(agent.http, f"/api/jobs/{jobs[0]['id']}", None)
+            assert deploy["kind"] == "deploy" and deploy["state"] == "succeeded", deploy
+            assert deploy["result"]["deployed"] is expect_deployed, deploy
+            assert "held-out accuracy: new" in deploy["log_tail"]
+            point(root / "acme/edge/dmodel/download", "poor")
+        assert "not deployed: the new model is worse" in deploy["log_tail"]
+        assert served_version(agent.http, "digits") == 1

@@ -41,7 +41,7 @@ from edgewire.agent.fdlimits import RateLimit
 from edgewire.agent.http_common import error_response, holding, read_body
 from edgewire.agent.jobs_api import job_routes
 from edgewire.agent.management import UPLOADS, Endpoint, add_and_serve
-from edgewire.agent.retrain import retrain
+from edgewire.agent.retrain import retrain, score_both
 from edgewire.automation.config import AutomationConfig, HookConfig
 from edgewire.automation.events import parse_event
 from edgewire.automation.jobs import Backoff, Job, JobQueue, JobState
@@ -264,6 +264,8 @@ class Automation:
         payload = {**action.payload(), "alias": options.alias or DEFAULT_ALIAS}
         if action.kind is ActionKind.RETRAIN_THEN_DEPLOY:
             payload["train"] = options.train_payload()
+        elif options.holdout:
+            payload["gate"] = {"holdout": options.holdout}
         return payload
 
     async def _enqueue(self, kind: str, payload: dict[str, Any], key: str) -> tuple[int, bool]:
@@ -414,6 +416,17 @@ class Automation:
                 # A re-run after a crash that came after the deploy: it is done already.
                 ctx.log(f"{name} {alias!r} is version {same} with this file already")
                 return {"deployed": False, "model": name, "version": same}
+            gate = payload.get("gate")
+            if gate is not None:
+                current = await asyncio.to_thread(_aliased_version, self.ctx, name, alias)
+                new, old = await asyncio.to_thread(score_both, model, current, gate["holdout"])
+                shown = "nothing served yet" if old is None else f"served {old:.4f}"
+                ctx.log(f"held-out accuracy: new {new:.4f}, {shown}")
+                if old is not None and new < old:
+                    ctx.log(f"not deployed: the new model is worse than {name} version "
+                            f"{current.version if current else '?'}")  # fmt: skip
+                    return {"deployed": False, "model": name, "new_accuracy": new,
+                            "current_accuracy": old, "version_id": resolved.version_id}  # fmt: skip
             version = await _serve(self.ctx, name, model, alias=alias)
         ctx.log(f"deployed {name} version {version.version} as {alias!r}")
         return {"deployed": True, "model": name, "version": version.version,

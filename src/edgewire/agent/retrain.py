@@ -142,6 +142,17 @@ def _retrain_remote(
     }
 
 
+def score_both(
+    model: Path, current: ModelVersion | None, holdout: str
+) -> tuple[float, float | None]:
+    """The accuracy of a delivered model file and of the served version on ``holdout``
+    (a data set name or path): the gate of a model delivery whose rule names one."""
+    from edgewire.data.datasets import load_dataset
+
+    held = load_dataset(holdout)
+    return accuracy(_candidate(model), held), None if current is None else accuracy(current, held)
+
+
 def _candidate(path: Path) -> ModelVersion:
     """A model file not (yet) in the store, described as a stored version would be."""
     from edgewire.serve.backends import detect

@@ -608,19 +608,17 @@ def test_automation_is_off_without_the_table_and_not_read_from_env(tmp_path: Pat
         load_automation({})
 
 
-STORE_CONFIG = """
+def one_rule_config(source: str, *, collection: str, allow: str = "", rule: str = "") -> str:
+    """An [automation] table with one source, one W&B hook and one rule for ``collection``."""
+    return f"""
 [automation.source]
-kind = "agent"
-base_url = "http://127.0.0.1:{port}"
-api_key_env = "STORE_TOKEN"
+{source}
 
 [automation.allow]
 entities = ["acme"]
 projects = ["edge"]
-collections = ["mnist"]
-hosts = ["127.0.0.1"]
-networks = ["127.0.0.0/8"]
-schemes = ["http"]
+collections = ["{collection}"]
+{allow}
 
 [[automation.hooks]]
 name = "wandb"
@@ -630,9 +628,8 @@ secret_env = ["HOOK_SECRET"]
 [[automation.rules]]
 entity = "acme"
 project = "edge"
-collection = "mnist"
-kind = "model"
-model = "mnist"
+collection = "{collection}"
+{rule}
 """
 
 
@@ -659,7 +656,12 @@ def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
         assert got.headers["x-edgewire-sha256"] == hashlib.sha256(got.content).hexdigest()
         assert httpx.get(url.replace("/1/", "/9/"), headers=headers, timeout=30).status_code == 404
 
-        (tmp_path / "a.toml").write_text(STORE_CONFIG.format(port=store.http))
+        source = (f'kind = "agent"\nbase_url = "http://127.0.0.1:{store.http}"\n'
+                  'api_key_env = "STORE_TOKEN"')  # fmt: skip
+        allow = 'hosts = ["127.0.0.1"]\nnetworks = ["127.0.0.0/8"]\nschemes = ["http"]'
+        text = one_rule_config(source, collection="mnist", allow=allow,
+                               rule='kind = "model"\nmodel = "mnist"')  # fmt: skip
+        (tmp_path / "a.toml").write_text(text)
         flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
         env = {**ENV, "STORE_TOKEN": "store-token-123"}
         cfg = load_config(AgentConfig, flags=flags, config_file=tmp_path / "a.toml", environ=env)
@@ -678,31 +680,6 @@ def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
             )
 
 
-GATED_CONFIG = """
-[automation.source]
-kind = "local"
-root = "{root}"
-
-[automation.allow]
-entities = ["acme"]
-projects = ["edge"]
-collections = ["dmodel"]
-
-[[automation.hooks]]
-name = "wandb"
-kind = "wandb"
-secret_env = ["HOOK_SECRET"]
-
-[[automation.rules]]
-entity = "acme"
-project = "edge"
-collection = "dmodel"
-kind = "model"
-model = "digits"
-holdout = "{holdout}"
-"""
-
-
 def test_a_model_delivery_with_a_holdout_is_gated(tmp_path: Path) -> None:
     """A model rule that names a holdout set deploys a delivered model only if it is no
     worse on it than the served one."""
@@ -713,9 +690,9 @@ def test_a_model_delivery_with_a_holdout_is_gated(tmp_path: Path) -> None:
         export(data, root / "acme/edge/dmodel" / name / "model.onnx", epochs=epochs)
     save_npz(tmp_path / "holdout.npz", digits.subset(300))
     point(root / "acme/edge/dmodel/download", "good")
-    (tmp_path / "g.toml").write_text(
-        GATED_CONFIG.format(root=root, holdout=tmp_path / "holdout.npz")
-    )
+    rule = f'kind = "model"\nmodel = "digits"\nholdout = "{tmp_path / "holdout.npz"}"'
+    text = one_rule_config(f'kind = "local"\nroot = "{root}"', collection="dmodel", rule=rule)
+    (tmp_path / "g.toml").write_text(text)
     flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
     cfg = load_config(AgentConfig, flags=flags, config_file=tmp_path / "g.toml", environ=ENV)
     with agent_in_thread(tmp_path / "data", automation=cfg.automation) as agent:

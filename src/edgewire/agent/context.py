@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgewire.agent.disk import DiskBudget
 from edgewire.agent.metrics import AgentMetrics
@@ -44,6 +45,9 @@ class PortContext:
     disk: DiskBudget
     #: Split heads' connections to their tail servers, and the tail side's decoding.
     split: SplitRuntime
+    #: Native connections waiting for their next frame; a stopping agent cancels them
+    #: (their in-flight answers still go out) rather than wait out ``drain_timeout``.
+    idle_readers: set[asyncio.Task[Any]] = field(default_factory=set)
     #: Capabilities listed in the hello (filled in as ports open).
     features: set[str] = field(default_factory=set)
     #: Whether the agent has started and is not stopping (``/v2/health/ready``).

@@ -40,9 +40,22 @@ async def handle_native(
     errored = False
     # With a token configured, a connection is trusted once its HELLO carried it.
     authenticated = not cfg.token
+    this = asyncio.current_task()
     try:
         while not agent.stopping.is_set():
-            got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
+            # Waiting for a frame, the connection is idle: a stopping agent cancels it here
+            # instead of waiting out its drain time (see Agent.stop).
+            if this is not None:
+                agent.idle_readers.add(this)
+            try:
+                got = await stream.read_message(cfg.idle_timeout, frame_timeout=cfg.frame_timeout)
+            except asyncio.CancelledError:
+                if this is None or not agent.stopping.is_set():
+                    raise
+                this.uncancel()
+                return
+            finally:
+                agent.idle_readers.discard(this)
             if got is None:
                 return
             frame, message = got

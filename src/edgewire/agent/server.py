@@ -420,6 +420,8 @@ class Agent:
         began = time.monotonic()
         for server in self._servers:
             server.close()
+        for idle in list(self.context.idle_readers):
+            idle.cancel()  # a native connection between frames: nothing to drain
         pending = {t for t in self._tasks if not t.done()}
         open_at_stop = len(pending)
         if pending:

@@ -177,6 +177,34 @@ def test_activate_rollback_and_delete(agent: RunningAgent, models: dict[str, Any
     assert httpx.post(f"{base}/activate", json={"version": 1}).status_code == 200
 
 
+def test_an_upload_under_another_alias_is_checked_but_not_served(
+    agent: RunningAgent, models: dict[str, Any]
+) -> None:
+    """alias=canary: stored, loaded and warmed up (a broken one is refused), the alias
+    moves, and production keeps serving until the canary is activated as production."""
+    base = f"http://127.0.0.1:{agent.http}/api/models/mnist"
+    x = np.ones((1, 784), np.float32)
+    first, second = (
+        softmax(x @ models["w"].T + models["b"]),
+        softmax(x @ models["w2"].T + models["b2"]),
+    )
+    assert upload(agent, models["good"]).json()["active"] is True
+    answer = upload(agent, models["other"], alias="canary").json()
+    assert answer["version"] == 2 and answer["active"] is False
+    np.testing.assert_allclose(ask_native(agent.native, x), first, atol=1e-5)
+    aliases = httpx.get(f"http://127.0.0.1:{agent.http}/api/models").json()["models"][0]["aliases"]
+    assert aliases == {"production": 1, "canary": 2}
+    assert upload(agent, models["bad"], alias="canary").status_code == 422
+    assert [
+        v["version"]
+        for v in httpx.get(f"http://127.0.0.1:{agent.http}/api/models").json()["models"][0][
+            "versions"
+        ]
+    ] == [1, 2]
+    assert httpx.post(f"{base}/activate", json={"version": "canary"}).status_code == 200
+    np.testing.assert_allclose(ask_native(agent.native, x), second, atol=1e-5)
+
+
 def test_management_needs_the_token(tmp_path: Path, models: dict[str, Any]) -> None:
     with agent_in_thread(tmp_path, token="correct-horse-battery") as agent:
         url = f"http://127.0.0.1:{agent.http}/api/models"

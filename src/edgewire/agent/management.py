@@ -131,6 +131,14 @@ def _status(exc: EdgewireError, method: str) -> int | None:
     return None
 
 
+async def _serves(store: Any, name: str, alias: str) -> bool:
+    """Whether a version under ``alias`` is the one served: the serving alias, or any
+    alias of a model that has no serving alias yet (a restart serves its latest)."""
+    if alias == DEFAULT_ALIAS:
+        return True
+    return DEFAULT_ALIAS not in await asyncio.to_thread(store.aliases, name)
+
+
 async def add_and_serve(
     agent: PortContext,
     name: str,
@@ -154,6 +162,19 @@ async def add_and_serve(
         version = await asyncio.to_thread(store.add, name, path, sha256=sha256, file_name=file_name)
     finally:
         agent.disk.changed()
+    if activate and not await _serves(store, name, alias):
+        # Another alias (canary, staging): checked as a served version would be, the
+        # alias moves, and what serves stays what a restart would serve (production).
+        try:
+            await serving.verify(name, version.version)
+            await asyncio.to_thread(store.set_alias, name, alias, version.version)
+        except EdgewireError:
+            with contextlib.suppress(EdgewireError):
+                await asyncio.to_thread(store.delete, name, version.version)
+            raise
+        log.info("model %s version %s stored as %r (not served: %r is)", name,
+                 version.version, alias, DEFAULT_ALIAS)  # fmt: skip
+        return version
     if activate:
         previous = serving.served_version(name)
         try:
@@ -237,7 +258,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         }
         if activate:
             body["alias"] = alias
-            body["active"] = True
+            body["active"] = serving.served_version(name) == version.version
         return JSONResponse(body, status_code=201)
 
     async def listing(request: Request) -> Response:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ModelError, ModelNotFound
 from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult, RunFn
 from edgewire.serve.model import ModelVersion, TensorInfo
-from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions
+from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions, load_model
 from edgewire.serve.store import DEFAULT_ALIAS, ModelStore
 from edgewire.wire.messages import require_finite
 
@@ -127,6 +127,14 @@ class Serving:
             batcher.set_run(self._run_of(loaded))
         log.info("serving %s version %s", name, version.version)
         return version
+
+    async def verify(self, name: str, version: int) -> ModelVersion:
+        """Load and warm up ``name`` at ``version`` as :meth:`activate` would, then let it go:
+        a version whose alias is not the one served is checked without being served."""
+        found = await asyncio.to_thread(self.store.get, name, version)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.loader, load_model, found, self.runtime)
+        return found
 
     def _run_of(self, loaded: LoadedModel) -> RunFn:
         slowdown = self.config.emulate_slowdown

@@ -179,7 +179,11 @@ def _upload_all(
                     on_progress=functools.partial(progress.advance, task),
                 )  # fmt: skip
             table.add_row(
-                target, name, str(body["version"]), body["sha256"][:12], "[green]serving[/]"
+                target,
+                name,
+                str(body["version"]),
+                body["sha256"][:12],
+                "[green]serving[/]" if body.get("active", True) else f"stored as {alias}",
             )
         except (ConnectError, RemoteError, AuthError) as exc:
             ok = False

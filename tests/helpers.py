@@ -88,3 +88,38 @@ def serving_agent(data_dir: Path, **overrides: Any) -> Iterator[RunningAgent]:
         data_dir, legacy_ports={"mnistprot": 0}, max_queue_delay_ms=1.0, **overrides
     ) as running:
         yield running
+
+
+def automation_toml(
+    source: str,
+    *,
+    collection: str,
+    head: str = "",
+    hook: str = 'secret_env = ["HOOK_SECRET"]',
+    allow: str = "",
+    rule: str = "",
+) -> str:
+    """An agent config with one automation source, one W&B hook (``/hooks/wandb``) and one
+    rule for ``acme/edge/<collection>``; each argument is TOML lines for that table."""
+    return f"""
+{head}
+[automation.source]
+{source}
+
+[automation.allow]
+entities = ["acme"]
+projects = ["edge"]
+collections = ["{collection}"]
+{allow}
+
+[[automation.hooks]]
+name = "wandb"
+kind = "wandb"
+{hook}
+
+[[automation.rules]]
+entity = "acme"
+project = "edge"
+collection = "{collection}"
+{rule}
+"""

@@ -25,7 +25,7 @@ from edgewire.bench.spawn import SpawnedAgent
 from edgewire.config import AgentConfig, load_config
 from edgewire.data.datasets import Dataset, load_dataset
 from edgewire.errors import ConfigError
-from tests.helpers import RunningAgent, agent_in_thread, upload
+from tests.helpers import RunningAgent, agent_in_thread, automation_toml, upload
 from tests.serve.models import expected, linear_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -608,31 +608,6 @@ def test_automation_is_off_without_the_table_and_not_read_from_env(tmp_path: Pat
         load_automation({})
 
 
-def one_rule_config(source: str, *, collection: str, allow: str = "", rule: str = "") -> str:
-    """An [automation] table with one source, one W&B hook and one rule for ``collection``."""
-    return f"""
-[automation.source]
-{source}
-
-[automation.allow]
-entities = ["acme"]
-projects = ["edge"]
-collections = ["{collection}"]
-{allow}
-
-[[automation.hooks]]
-name = "wandb"
-kind = "wandb"
-secret_env = ["HOOK_SECRET"]
-
-[[automation.rules]]
-entity = "acme"
-project = "edge"
-collection = "{collection}"
-{rule}
-"""
-
-
 def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
     """kind = "agent": the alias resolves in the other agent's store (with its token), the
     file comes from its versions/{n}/file route sha256-checked, and it serves here."""
@@ -659,7 +634,7 @@ def test_another_agents_store_is_a_source(tmp_path: Path) -> None:
         source = (f'kind = "agent"\nbase_url = "http://127.0.0.1:{store.http}"\n'
                   'api_key_env = "STORE_TOKEN"')  # fmt: skip
         allow = 'hosts = ["127.0.0.1"]\nnetworks = ["127.0.0.0/8"]\nschemes = ["http"]'
-        text = one_rule_config(source, collection="mnist", allow=allow,
+        text = automation_toml(source, collection="mnist", allow=allow,
                                rule='kind = "model"\nmodel = "mnist"')  # fmt: skip
         (tmp_path / "a.toml").write_text(text)
         flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
@@ -691,7 +666,7 @@ def test_a_model_delivery_with_a_holdout_is_gated(tmp_path: Path) -> None:
     save_npz(tmp_path / "holdout.npz", digits.subset(300))
     point(root / "acme/edge/dmodel/download", "good")
     rule = f'kind = "model"\nmodel = "digits"\nholdout = "{tmp_path / "holdout.npz"}"'
-    text = one_rule_config(f'kind = "local"\nroot = "{root}"', collection="dmodel", rule=rule)
+    text = automation_toml(f'kind = "local"\nroot = "{root}"', collection="dmodel", rule=rule)
     (tmp_path / "g.toml").write_text(text)
     flags = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
     cfg = load_config(AgentConfig, flags=flags, config_file=tmp_path / "g.toml", environ=ENV)

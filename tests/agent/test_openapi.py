@@ -14,39 +14,11 @@ from edgewire.agent.http import create_app
 from edgewire.agent.openapi import OPENAPI_PATH, document
 from edgewire.agent.server import Agent
 from edgewire.config import AgentConfig, load_config
-from tests.helpers import agent_in_thread
+from tests.helpers import agent_in_thread, automation_toml
 
 TOKEN = "openapi-token-123"
 HOOK_SECRET = "openapi-hook-secret"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
-
-AUTOMATION = """
-[automation]
-max_attempts = 1
-
-[automation.source]
-kind = "local"
-root = "{root}"
-
-[automation.allow]
-entities = ["acme"]
-projects = ["edge"]
-collections = ["mnist"]
-
-[[automation.hooks]]
-name = "wandb"
-kind = "wandb"
-secrets = ["{secret}"]
-rate_per_s = 1000
-burst = 1000
-
-[[automation.rules]]
-entity = "acme"
-project = "edge"
-collection = "mnist"
-kind = "model"
-model = "tiny"
-"""
 
 
 def automated_config(tmp: Path, **flags: Any) -> AgentConfig:
@@ -54,7 +26,12 @@ def automated_config(tmp: Path, **flags: Any) -> AgentConfig:
     root = tmp / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
     path = tmp / "edgewire.toml"
-    path.write_text(AUTOMATION.format(root=root, secret=HOOK_SECRET))
+    path.write_text(automation_toml(
+        f'kind = "local"\nroot = "{root}"', collection="mnist",
+        head="[automation]\nmax_attempts = 1",
+        hook=f'secrets = ["{HOOK_SECRET}"]\nrate_per_s = 1000\nburst = 1000',
+        rule='kind = "model"\nmodel = "tiny"',
+    ))  # fmt: skip
     given = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp / "data", **flags}
     return load_config(AgentConfig, flags=given, config_file=path, environ={})
 

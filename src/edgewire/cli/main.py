@@ -17,6 +17,7 @@ from edgewire.cli.demo import demo_command
 from edgewire.cli.deploy import delete_command, deploy_command, models_command
 from edgewire.cli.infer import infer_command
 from edgewire.cli.jobs import jobs_command
+from edgewire.cli.project import project_app
 from edgewire.cli.split import split_app
 from edgewire.cli.train import train_app
 from edgewire.errors import EXIT_CODES, EdgewireError, codes_by_exit_code
@@ -61,6 +62,7 @@ app.command("infer", help="Run files through a model served by an agent.")(infer
 app.command("bench", help="Load an agent with many concurrent clients.")(bench_command)
 app.add_typer(train_app, name="train", help="Train on a device over the network, or locally.")
 app.add_typer(split_app, name="split", help="Cut a model into a device head and a server tail.")
+app.add_typer(project_app, name="project", help="A workspace: classes, images, the split.")
 app.add_typer(data_app, name="data", help="Write the bundled data sets as files (MNIST IDX).")
 
 

@@ -68,3 +68,41 @@ def split_command(
     console.print(table)
     console.print(f"data set: {report.folder} (train with --data {report.folder})",
                   markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@project_app.command("capture", help="Frames from a camera, stream, video or folder into a class.")
+def capture_command(
+    klass: str = typer.Option(..., "--class", help="The class the frames show."),
+    source: str = typer.Option(
+        "0",
+        "--source",
+        help="0 or /dev/videoN (camera), an MJPEG/RTSP URL, a video file, a folder.",
+    ),
+    count: int | None = typer.Option(None, "--count", min=1, help="Stop after this many frames."),
+    duration: float | None = typer.Option(
+        None, "--duration", min=0.0, help="Stop after S seconds."
+    ),
+    every: float = typer.Option(0.0, "--every", min=0.0, help="At most one frame each S seconds."),
+    size: str | None = typer.Option(None, "--size", help="Resize frames to WIDTHxHEIGHT."),
+    workspace: Path = typer.Option(Path("."), "--workspace", "-w", help=WORKSPACE_HELP),
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from edgewire.project.capture import capture, parse_size
+    from edgewire.project.workspace import Workspace
+
+    wanted = parse_size(size)
+    ws = Workspace.open(workspace)
+    with Progress(
+        f"[bold]{klass}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bars:
+        task = bars.add_task("capture", total=count)
+        done = capture(
+            ws, klass, source, count=count, duration=duration, every=every, size=wanted,
+            on_frame=lambda saved: bars.update(task, completed=saved),
+        )  # fmt: skip
+    console.print(
+        f"{klass}: {done.saved} frame(s) saved ({done.duplicates} already there, "
+        f"{done.seen} read); {len(ws.images(klass))} in all",
+        highlight=False,
+    )

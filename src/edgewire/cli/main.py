@@ -15,6 +15,7 @@ from edgewire.cli.common import err_console
 from edgewire.cli.data import data_app
 from edgewire.cli.demo import demo_command
 from edgewire.cli.deploy import delete_command, deploy_command, models_command
+from edgewire.cli.export import export_command
 from edgewire.cli.infer import infer_command
 from edgewire.cli.jobs import jobs_command
 from edgewire.cli.project import project_app
@@ -57,6 +58,9 @@ app.command("models", help="List the models on an agent.")(models_command)
 app.command("delete", help="Delete a model version, alias or model on an agent.")(delete_command)
 app.command("jobs", help="List an agent's automation jobs (webhooks, polling), or show one.")(
     jobs_command
+)
+app.command("export", help="ONNX with scores and metadata; fp16 and int8 too, measured.")(
+    export_command
 )
 app.command("infer", help="Run files through a model served by an agent.")(infer_command)
 app.command("bench", help="Load an agent with many concurrent clients.")(bench_command)

@@ -244,9 +244,12 @@ class ModelStore:
                 retired = self._read_aliases(name)["deleted_up_to"]
                 number = max([*self._version_numbers(name), retired]) + 1
                 final = self._versions_dir(name) / str(number)
+                found_labels, found_prep = _from_metadata(version.metadata)
                 version = dataclasses.replace(
-                    version, version=number, path=final, labels=labels_t, preprocessing=prep
-                )
+                    version, version=number, path=final,
+                    labels=labels_t if labels_t is not None else found_labels,
+                    preprocessing=prep or found_prep,
+                )  # fmt: skip
                 meta = json.dumps(version.to_dict(), indent=2).encode()
                 atomic_write_bytes(staging / META_FILE, meta, what="store the model")
                 os.rename(staging, final)
@@ -528,6 +531,32 @@ class ModelStore:
         body = json.dumps(data, indent=2, sort_keys=True).encode()
         with disk_errors("save the aliases"):
             atomic_write_bytes(self.root / name / ALIASES_FILE, body, what="save the aliases")
+
+
+#: Most class names a model's metadata may list (more is ignored, not stored).
+_MAX_LABELS = 65_536
+
+
+def _from_metadata(metadata: Mapping[str, str]) -> tuple[tuple[str, ...] | None, dict[str, Any]]:
+    """Class names and preprocessing a model carries (``edgewire export`` writes them as
+    JSON in ``labels`` and ``preprocessing``); anything odd is ignored, not fatal."""
+    labels: tuple[str, ...] | None = None
+    prep: dict[str, Any] = {}
+    try:
+        found = json.loads(metadata.get("labels", "null"))
+        if (
+            isinstance(found, list)
+            and len(found) <= _MAX_LABELS
+            and all(isinstance(x, str) and len(x) <= 256 for x in found)
+        ):
+            labels = tuple(found)
+        given = json.loads(metadata.get("preprocessing", "null"))
+        scale = given.get("scale") if isinstance(given, dict) else None
+        if isinstance(scale, int | float) and not isinstance(scale, bool) and 0 < scale < 1e6:
+            prep = {"scale": float(scale)}
+    except ValueError:
+        pass
+    return labels, prep
 
 
 def _default_number(aliases: Mapping[str, int], numbers: Sequence[int]) -> int:

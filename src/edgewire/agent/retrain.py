@@ -44,41 +44,36 @@ def retrain(
     With ``train_on`` the training runs on that agent instead, as run ``run_id`` (resumed
     if it exists, so a job tried again continues it), and the model comes back in the
     run's summary."""
-    if train.get("train_on"):
-        return _retrain_remote(data_path, train, current, out, halt=halt, say=say, run_id=run_id)
-    try:
-        require("torch", extra="train")
-    except DependencyMissing as exc:  # a data rule on an agent that cannot train
-        raise ConfigError(f"this agent cannot retrain: {exc}") from None
-    from edgewire.train.local import train_local
-    from edgewire.train.stream_client import spec_for
-    from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
-
     fit, held = _split(data_path, train)
-    spec = TrainSpec.from_dict(
-        spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"])
-    )
-    check_model_size(spec, max_model_bytes)
     epochs = int(train["epochs"])
-    say(f"training {spec.model} on {len(fit)} samples for {epochs} epoch(s)")
+    where = f" on {train['train_on']}" if train.get("train_on") else ""
 
     def on_event(kind: str, data: dict[str, Any]) -> None:
-        if halt.is_set():
+        if halt.is_set():  # a remote run stays at its last checkpoint, for the retry
             raise TrainError("interrupted: the agent stopped, or the job lost its lease")
         if kind == "epoch":
-            say(f"epoch {data['epoch'] + 1}/{epochs}: train accuracy "
+            say(f"epoch {data['epoch'] + 1}/{epochs}{where}: train accuracy "
                 f"{data['train']['accuracy']:.4f}")  # fmt: skip
 
-    trainer = Trainer(spec)
-    train_local(trainer, fit, None, epochs=epochs, batch_size=int(train["batch_size"]),
-                seed=int(train["seed"]), on_event=on_event)  # fmt: skip
-    trainer.export_onnx(out)
-    return {
+    if where:
+        say(f"training {train['arch']} on {len(fit)} samples for {epochs} epoch(s){where} "
+            f"(run {run_id})")  # fmt: skip
+        _train_remote(fit, train, out, on_event=on_event, run_id=run_id)
+    else:
+        say(f"training {train['arch']} on {len(fit)} samples for {epochs} epoch(s)")
+        _train_here(fit, train, out, on_event=on_event, max_model_bytes=max_model_bytes)
+    scores: dict[str, Any] = {
         "new_accuracy": accuracy(_candidate(out), held),
         "current_accuracy": None if current is None else accuracy(current, held),
         "holdout": len(held),
         "trained_on": len(fit),
     }
+    if where:
+        scores["trained_at"] = str(train["train_on"])
+    return scores
+
+
+Events = Callable[[str, dict[str, Any]], None]
 
 
 def _split(data_path: Path, train: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
@@ -90,16 +85,31 @@ def _split(data_path: Path, train: Mapping[str, Any]) -> tuple[Dataset, Dataset]
     return data.split(val_fraction=train["val_fraction"], seed=train["seed"])
 
 
-def _retrain_remote(
-    data_path: Path,
-    train: Mapping[str, Any],
-    current: ModelVersion | None,
-    out: Path,
-    *,
-    halt: threading.Event,
-    say: Callable[[str], None],
-    run_id: str,
-) -> dict[str, Any]:
+def _train_here(
+    fit: Dataset, train: Mapping[str, Any], out: Path, *, on_event: Events, max_model_bytes: int
+) -> None:
+    try:
+        require("torch", extra="train")
+    except DependencyMissing as exc:  # a data rule on an agent that cannot train
+        raise ConfigError(f"this agent cannot retrain: {exc}") from None
+    from edgewire.train.local import train_local
+    from edgewire.train.stream_client import spec_for
+    from edgewire.train.trainer import Trainer, TrainSpec, check_model_size
+
+    spec = TrainSpec.from_dict(
+        spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"])
+    )
+    check_model_size(spec, max_model_bytes)
+    trainer = Trainer(spec)
+    train_local(trainer, fit, None, epochs=int(train["epochs"]),
+                batch_size=int(train["batch_size"]), seed=int(train["seed"]),
+                on_event=on_event)  # fmt: skip
+    trainer.export_onnx(out)
+
+
+def _train_remote(
+    fit: Dataset, train: Mapping[str, Any], out: Path, *, on_event: Events, run_id: str
+) -> None:
     """Stream the data to the training agent ``train_on`` and keep the model it sends back."""
     from edgewire.ports import DEFAULT_NATIVE_PORT, parse_address
     from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
@@ -109,37 +119,18 @@ def _retrain_remote(
     token = os.environ.get(str(env)) if env else None
     if env and not token:
         raise ConfigError(f"the training agent's token variable {env} is not set")
-    fit, held = _split(data_path, train)
-    epochs = int(train["epochs"])
     options = StreamOptions(
         run_id=run_id,
         spec=spec_for(fit, model=train["arch"], lr=train["lr"], seed=train["seed"]),
-        epochs=epochs, batch_size=int(train["batch_size"]), seed=int(train["seed"]),
-        resume=True, token=token, return_model=True,
+        epochs=int(train["epochs"]), batch_size=int(train["batch_size"]),
+        seed=int(train["seed"]), resume=True, token=token, return_model=True,
     )  # fmt: skip
-    say(f"training {train['arch']} on {len(fit)} samples for {epochs} epoch(s) "
-        f"on {host}:{port} (run {run_id})")  # fmt: skip
-
-    def on_event(kind: str, data: dict[str, Any]) -> None:
-        if halt.is_set():  # the remote run stays at its last checkpoint, for the retry
-            raise TrainError("interrupted: the agent stopped, or the job lost its lease")
-        if kind == "epoch":
-            say(f"epoch {data['epoch'] + 1}/{epochs} on {host}:{port}: train accuracy "
-                f"{data['train']['accuracy']:.4f}")  # fmt: skip
-
     summary = asyncio.run(stream_training(host, port, fit, None, options, on_event=on_event))
     model = summary.get("model")
     if not isinstance(model, bytes):
         reason = summary.get("model_not_sent", "it sent no model")
         raise TrainError(f"the training agent {host}:{port} kept the model: {reason}")
     atomic_write_bytes(out, model, what="write the retrained model")
-    return {
-        "new_accuracy": accuracy(_candidate(out), held),
-        "current_accuracy": None if current is None else accuracy(current, held),
-        "holdout": len(held),
-        "trained_on": len(fit),
-        "trained_at": f"{host}:{port}",
-    }
 
 
 def score_both(

@@ -237,6 +237,22 @@ def test_ai_nano_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.x[1], np.asarray(expected).transpose(2, 0, 1))
 
 
+def test_ai_nano_layout_reads_the_split_asked_for_in_the_modes_of_all(tmp_path: Path) -> None:
+    for split, mode in [("train", "L"), ("val", "L"), ("test", "RGB")]:
+        for name in ["a", "b"]:
+            _write_images(tmp_path / split / name, 1 + (split == "val"), mode=mode, size=(8, 8))
+    val = load_dataset(str(tmp_path), image_size=8, split="val")
+    train = load_dataset(str(tmp_path), image_size=8)
+    assert val.y.tolist() == [0, 0, 1, 1] and len(train) == 2
+    assert val.shape == train.shape == (3, 8, 8)  # one colour image anywhere: RGB for all
+    with pytest.raises(ConfigError, match="split must be one of"):
+        load_dataset(str(tmp_path), split="holdout")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    (tmp_path / "test").rename(tmp_path / "gone")
+    with pytest.raises(DataError, match="no test/ split"):
+        load_dataset(str(tmp_path), split="test")
+
+
 def test_ai_nano_layout_with_unlisted_class(tmp_path: Path) -> None:
     (tmp_path / "labels.txt").write_text("a\nb\n")
     for name in ["a", "b", "c"]:

@@ -152,12 +152,15 @@ def batch_order(n: int, *, batch_size: int, epoch: int, seed: int) -> list[NDArr
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None = None) -> Dataset:
+def load_dataset(
+    spec: str, *, image_size: int | None = None, limit: int | None = None, split: str = "train"
+) -> Dataset:
     """Load a data set by name or path (see the module docstring for the forms).
 
     ``image_size`` resizes to a square (folders default to 64 px, others keep
     their size). ``limit`` keeps ``Dataset.subset(limit)``: class-balanced,
-    deterministic, in original order.
+    deterministic, in original order. ``split`` picks ``train``, ``val`` or ``test``
+    of an image folder in the ``train/val/test`` layout (other forms ignore it).
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit!r}")
@@ -166,7 +169,7 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
     if spec in _BLENDED:  # blends only the digits the limit keeps
         data = _mnistm(_BLENDED[spec], limit)
     else:
-        data = _load(spec, image_size=image_size)
+        data = _load(spec, image_size=image_size, split=split)
     if limit is not None:
         data = data.subset(limit)
     if image_size is not None and data.shape[1:] != (image_size, image_size):
@@ -176,7 +179,7 @@ def load_dataset(spec: str, *, image_size: int | None = None, limit: int | None 
     return data
 
 
-def _load(spec: str, *, image_size: int | None) -> Dataset:
+def _load(spec: str, *, image_size: int | None, split: str = "train") -> Dataset:
     named = _NAMED.get(spec)
     if named is not None:
         return named()
@@ -191,7 +194,7 @@ def _load(spec: str, *, image_size: int | None) -> Dataset:
             missing = _IDX_LABELS[0] if labels is None else _IDX_IMAGES[0]
             raise DataError(f"{path}: has MNIST IDX files but no {missing} (or its spellings)")
         size = image_size or DEFAULT_FOLDER_IMAGE_SIZE
-        x, y, classes = load_image_folder(path, image_size=size)
+        x, y, classes = load_image_folder(path, image_size=size, split=split)
         return Dataset(x=x, y=y, classes=classes, name=path.name)
     reason = "no such file or folder" if not path.exists() else "not a data set"
     raise DataError(f"{spec!r}: {reason}; expected {ACCEPTED_FORMS}")

@@ -5,11 +5,12 @@ Two layouts are read:
 - ``root/<class>/*.png`` (png, jpg, jpeg, bmp): classes are the sorted folder names;
 - ``root/{train,val,test}/<class>/...`` with ``root/labels.txt`` naming the
   classes one per line, in label order (the layout ai_nano's capture tool
-  writes): the ``train/`` split is read. Without ``labels.txt`` the sorted
-  folder names under ``train/`` are the classes.
+  writes): the ``train/`` split is read unless another is asked for. Without
+  ``labels.txt`` the sorted folder names under ``train/`` are the classes.
 
 Images are read in sorted order, converted to grayscale when every image is
-grayscale (Pillow mode ``L`` or ``1``) and to RGB otherwise, and resized to a
+grayscale (Pillow mode ``L`` or ``1``; in the split layout, every image of every
+split, so that the splits of one data set agree) and to RGB otherwise, and resized to a
 square ``image_size`` with bilinear filtering (aspect ratio is not kept).
 """
 
@@ -60,10 +61,15 @@ def _read_labels(path: Path) -> tuple[str, ...]:
     return names
 
 
-def class_folders(root: Path) -> tuple[tuple[str, ...], list[Path]]:
-    """The class names and their image folders under ``root`` (either layout)."""
+def class_folders(root: Path, *, split: str = "train") -> tuple[tuple[str, ...], list[Path]]:
+    """The class names and their image folders under ``root`` (either layout; ``split``
+    picks the split of the ``train/val/test`` layout)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     if is_split_layout(root):
-        base = root / "train"
+        base = root / split
+        if not base.is_dir():
+            raise DataError(f"{root}: has no {split}/ split")
         found = [p.name for p in _subdirs(base)]
         labels = root / LABELS_FILE
         names = _read_labels(labels) if labels.is_file() else tuple(found)
@@ -90,12 +96,13 @@ def _open(path: Path) -> Image.Image:
 
 
 def load_image_folder(
-    root: Path, *, image_size: int
+    root: Path, *, image_size: int, split: str = "train"
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64], tuple[str, ...]]:
-    """Images (N×C×S×S uint8), labels and class names from an image folder."""
+    """Images (N×C×S×S uint8), labels and class names from an image folder (``split``
+    of the ``train/val/test`` layout)."""
     if not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(f"image_size must be in 1..{MAX_IMAGE_SIZE}, got {image_size!r}")
-    names, folders = class_folders(root)
+    names, folders = class_folders(root, split=split)
     files: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
@@ -106,7 +113,7 @@ def load_image_folder(
         labels += [label] * len(found)
     # First pass reads only headers: the channel count must be known for all.
     gray = True
-    for path in files:
+    for path in _all_splits(root, names) if is_split_layout(root) else files:
         with _open(path) as img:
             gray = gray and img.mode in _GRAY_MODES
     mode, channels = ("L", 1) if gray else ("RGB", 3)
@@ -122,6 +129,16 @@ def load_image_folder(
         arr = np.asarray(pixels, dtype=np.uint8)
         x[i] = arr[None] if gray else arr.transpose(2, 0, 1)
     return x, np.asarray(labels, dtype=np.int64), names
+
+
+def _all_splits(root: Path, names: tuple[str, ...]) -> list[Path]:
+    return [
+        path
+        for split in sorted(SPLITS)
+        for name in names
+        if (root / split / name).is_dir()
+        for path in _images_in(root / split / name)
+    ]
 
 
 def resize_images(x: NDArray[np.uint8], image_size: int) -> NDArray[np.uint8]:

@@ -83,6 +83,7 @@ def test_a_model_that_is_not_there_is_404_and_one_that_fails_is_500() -> None:
         ("ChecksumMismatch", 400), ("RemoteError", 502), ("ConnectError", 502),
         ("PeerTimeout", 504), ("BusyError", 503), ("AuthError", 401), ("TrainError", 500),
         ("CheckpointError", 500), ("ModelError", 500), ("ModelNotFound", 404),
+        ("GateRefused", 422),
     ],
 )  # fmt: skip
 def test_http_status_by_class(name: str, status: int) -> None:

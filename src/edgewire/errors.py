@@ -25,7 +25,8 @@ server-side path meant for a remote peer.
     ├── TrainError             the on-device training run failed
     │   └── CheckpointError    a checkpoint cannot be written or read
     └── ModelError             a model that cannot load or fails while running
-        └── ModelNotFound      no such model or version (HTTP 404, not 500)
+        ├── ModelNotFound      no such model or version (HTTP 404, not 500)
+        └── GateRefused        a gated deploy scored too low (HTTP 422)
 """
 
 from __future__ import annotations
@@ -221,6 +222,14 @@ class ModelNotFound(ModelError):
     code = "model_not_found"
     http_status = 404
     help = "The model or version is not in the store or not served."
+
+
+class GateRefused(ModelError):
+    """A gated deploy whose new version scored worse than the gate allows (HTTP 422)."""
+
+    code = "gate_refused"
+    http_status = 422
+    help = "The new model version did not pass the deploy gate."
 
 
 #: Exit codes of the CLI and the agent, with the help text ``edgewire --help`` shows:

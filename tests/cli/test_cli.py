@@ -108,7 +108,9 @@ def test_help_lists_exit_codes_one_a_line(edgewire: Invoke) -> None:
     assert ".;" not in out
     lines = [line.strip(" │") for line in out.splitlines()]
     assert any(line.startswith("4  data: The data set cannot be read") for line in lines)
-    assert any(line.startswith("11  model, model_not_found: The model") for line in lines)
+    assert any(
+        line.startswith("11  model, model_not_found, gate_refused: The model") for line in lines
+    )
     assert any(line.startswith("130  interrupted") for line in lines)
 
 

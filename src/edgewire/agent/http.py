@@ -30,6 +30,7 @@ from edgewire.agent.management import Endpoint, management_routes
 from edgewire.agent.openapi import OPENAPI_PATH, document
 from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve
+from edgewire.serve.backends.trt_cache import BUILDS
 from edgewire.serve.model import TensorInfo
 from edgewire.serve.runtime import LoadedModel
 
@@ -104,6 +105,9 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
             inputs=[_spec(t) for t in loaded.inputs],
             outputs=[_spec(t) for t in loaded.outputs],
         )
+        engine = BUILDS.get(name)  # a TensorRT build; an extra field KServe clients ignore
+        if engine is not None:
+            body["edgewire"] = {"engine": engine}
         return JSONResponse(body)
 
     async def model_config(request: Request) -> Response:

@@ -1,6 +1,8 @@
 """Model management over HTTP: upload, list, activate, roll back, delete. Token-guarded.
 
     PUT    /api/models/{name}?sha256=HEX&alias=production&filename=F   body: the model file
+           (&gate=HEX&min_accuracy=A&no_worse_than=PTS: score it first, agent/gate.py)
+    PUT    /api/gate-data?sha256=HEX   body: the gate's samples as .npz
     GET    /api/models
     POST   /api/models/{name}/activate   {"version": 3, "alias": "production"}
     POST   /api/models/{name}/rollback   {"alias": "production"}
@@ -32,6 +34,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from edgewire.agent.context import PortContext
+from edgewire.agent.gate import (
+    GATE_DIR,
+    MAX_GATE_BYTES,
+    MAX_GATE_FILES,
+    Gate,
+    check_id,
+    gate_from_query,
+    score,
+)
 from edgewire.agent.http_common import (
     check_management,
     error_response,
@@ -40,15 +51,17 @@ from edgewire.agent.http_common import (
     read_body,
 )
 from edgewire.errors import (
+    ChecksumMismatch,
     ConfigError,
     DataError,
     DiskFull,
     EdgewireError,
+    GateRefused,
     ModelError,
     ModelNotFound,
     ProtocolError,
 )
-from edgewire.fsutil import disk_errors
+from edgewire.fsutil import disk_errors, sha256_file
 from edgewire.jsonsafe import loads_strict
 from edgewire.serve.model import ModelVersion
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
@@ -139,6 +152,30 @@ async def _serves(store: Any, name: str, alias: str) -> bool:
     return DEFAULT_ALIAS not in await asyncio.to_thread(store.aliases, name)
 
 
+async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
+    """Score ``version`` and the served one on the gate data; a refused version stays
+    stored (not served, no alias moved), so it can still be activated by hand."""
+    served = serving.served_version(version.name)
+    store = serving.store
+    current = None if served is None else await asyncio.to_thread(store.get, version.name, served)
+    loop = asyncio.get_running_loop()
+    try:
+        new_acc, cur_acc = await loop.run_in_executor(serving.loader, score, gate, version, current)
+    except GateRefused as exc:
+        log.warning("%s", exc)
+        raise GateRefused(
+            f"{exc.message}; stored as version {version.version}, not served"
+        ) from None
+    except EdgewireError:  # bad gate data or a model it cannot score: nothing changes
+        with contextlib.suppress(EdgewireError):
+            await asyncio.to_thread(store.delete, version.name, version.version)
+        raise
+    finally:
+        gate.data.unlink(missing_ok=True)  # each gate file is for one upload
+    log.info("gate passed by %s: %.1f%% (served: %s)", version.label, 100 * new_acc,
+             "none" if cur_acc is None else f"{100 * cur_acc:.1f}%")  # fmt: skip
+
+
 async def add_and_serve(
     agent: PortContext,
     name: str,
@@ -148,6 +185,7 @@ async def add_and_serve(
     sha256: str | None = None,
     file_name: str | None = None,
     activate: bool = True,
+    gate: Gate | None = None,
 ) -> ModelVersion:
     """Store the model at ``path`` (companions beside it) as the next version of ``name``
     and, with ``activate``, load and warm it up and only then move ``alias`` to it.
@@ -162,6 +200,8 @@ async def add_and_serve(
         version = await asyncio.to_thread(store.add, name, path, sha256=sha256, file_name=file_name)
     finally:
         agent.disk.changed()
+    if gate is not None:
+        await _pass_gate(serving, gate, version)
     if activate and not await _serves(store, name, alias):
         # Another alias (canary, staging): checked as a served version would be, the
         # alias moves, and what serves stays what a restart would serve (production).
@@ -226,6 +266,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         file_name = request.query_params.get("filename") or None
         check_name(name)
         check_alias(alias)  # before anything is stored or served
+        gate = gate_from_query(agent.config.data_dir, dict(request.query_params))
         await _check_disk(agent, request)
         # Each upload in a private folder: ONNX external data is looked up beside the
         # file, and must never find another client's upload or a leftover there.
@@ -245,7 +286,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
                 raise ModelError("the upload is empty")
             version = await add_and_serve(
                 agent, name, tmp, alias=alias, sha256=sha256, file_name=file_name,
-                activate=activate,
+                activate=activate, gate=gate,
             )  # fmt: skip
         finally:
             await asyncio.to_thread(shutil.rmtree, private, True)
@@ -260,6 +301,28 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             body["alias"] = alias
             body["active"] = serving.served_version(name) == version.version
         return JSONResponse(body, status_code=201)
+
+    async def gate_data(request: Request) -> Response:
+        """Samples for one gated upload (agent/gate.py), kept until that upload uses them."""
+        digest = check_id((request.query_params.get("sha256") or "").lower())
+        await _check_disk(agent, request)
+        folder = agent.config.data_dir / GATE_DIR
+        private = agent.config.data_dir / UPLOADS / f"{os.getpid()}-{secrets.token_hex(8)}"
+        with disk_errors("receive the gate data"):
+            await asyncio.to_thread(private.mkdir, parents=True)
+            await asyncio.to_thread(folder.mkdir, exist_ok=True)
+        try:
+            tmp = private / "gate.npz"
+            size = await _stream_to_file(request, tmp, cap=MAX_GATE_BYTES,
+                                         timeout=agent.config.body_timeout,
+                                         budget=agent.frame_budget)  # fmt: skip
+            if await asyncio.to_thread(sha256_file, tmp) != digest:
+                raise ChecksumMismatch(f"the gate data's sha256 is not {digest[:12]}…; resend it")
+            await asyncio.to_thread(_keep_gate, tmp, folder / f"{digest}.npz")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, private, True)
+            agent.disk.changed()
+        return JSONResponse({"gate": digest, "size": size}, status_code=201)
 
     async def listing(request: Request) -> Response:
         served = {m["name"]: m for m in serving.model_status()}
@@ -344,6 +407,7 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
 
     return [
         ("/api/models", guarded(listing), ["GET"]),
+        ("/api/gate-data", guarded(gate_data), ["PUT"]),
         ("/api/models/{name}", guarded(upload), ["PUT", "POST"]),
         ("/api/models/{name}", guarded(delete_model), ["DELETE"]),
         ("/api/models/{name}/activate", guarded(activate), ["POST"]),
@@ -352,6 +416,14 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
         ("/api/models/{name}/versions/{version}/file", guarded(download_version), ["GET"]),
         ("/api/models/{name}/aliases/{alias}", guarded(delete_alias), ["DELETE"]),
     ]
+
+
+def _keep_gate(tmp: Path, target: Path) -> None:
+    """Move a received gate file in; the oldest go past MAX_GATE_FILES (uploads never sent)."""
+    tmp.replace(target)
+    kept = sorted(target.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    for old in kept[: max(len(kept) - MAX_GATE_FILES, 0)]:
+        old.unlink(missing_ok=True)
 
 
 def _flag(value: str, what: str) -> bool:

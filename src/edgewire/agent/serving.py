@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +53,20 @@ class Served:
     result: InferResult
 
 
+def _trt_cache_dir(config: AgentConfig) -> Path | None:
+    """Where TensorRT engines are cached, when ONNX Runtime offers TensorRT (said once if not)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from edgewire.serve.backends.onnx import available_providers
+    from edgewire.serve.backends.trt_cache import tensorrt_present, usable_cache_root
+
+    if not tensorrt_present(available_providers()):
+        return None
+    return usable_cache_root(config.data_dir / "trt")
+
+
 class Serving:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -65,6 +80,7 @@ class Serving:
             intra_op_threads=config.intra_op_threads,
             max_batch_size=config.max_batch_size,
             warmup_batch_sizes=(1, config.max_batch_size),
+            trt_cache_dir=_trt_cache_dir(config),
         )
         self.host = ModelHost(self.runtime)
         # One thread runs the models: ONNX Runtime parallelises inside a call.

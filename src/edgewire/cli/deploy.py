@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ def upload_model(
     token: str | None,
     timeout: float,
     on_progress: Callable[[int], None] | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
     """Upload one model file to one agent; the agent checks, loads and serves it.
 
@@ -55,12 +57,15 @@ def upload_model(
                     on_progress(len(chunk))
                 yield chunk
 
+    params = {"sha256": digest, "alias": alias, "filename": model.name}
+    if gate is not None:
+        params |= _send_gate(gate, host=host, port=port, token=token, timeout=timeout)
     response = send(
         "PUT",
         host,
         port,
         f"/api/models/{name}",
-        params={"sha256": digest, "alias": alias, "filename": model.name},
+        params=params,
         content=chunks(),
         headers={
             **auth_headers(token),
@@ -70,6 +75,54 @@ def upload_model(
         timeout=timeout,
     )
     return check(response, f"deploy to {host}:{port}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The packed gate samples and thresholds one gated deploy sends to each agent."""
+
+    npz: bytes
+    samples: int
+    min_accuracy: float | None
+    no_worse_than: float | None
+
+
+def _gate(
+    model: Path, data: Path | None, min_accuracy: float | None, no_worse: float | None
+) -> Gate | None:
+    if data is None:
+        if min_accuracy is not None or no_worse is not None:
+            raise ConfigError("--min-accuracy and --no-worse-than-current need --gate-data DIR")
+        return None
+    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
+        raise ConfigError(f"--min-accuracy is a share in 0..1, got {min_accuracy!r} (0.9 for 90%)")
+    if no_worse is not None and not 0.0 <= no_worse <= 100.0:
+        raise ConfigError(f"--no-worse-than-current is points in 0..100, got {no_worse!r}")
+    if model.is_dir():
+        raise ConfigError("--gate-data is for one model file, not a split folder")
+    from edgewire.cli.gate_data import pack_gate_data
+
+    npz, samples = pack_gate_data(data, model)
+    return Gate(npz=npz, samples=samples, min_accuracy=min_accuracy, no_worse_than=no_worse)
+
+
+def _send_gate(
+    gate: Gate, *, host: str, port: int, token: str | None, timeout: float
+) -> dict[str, str]:
+    """PUT the gate samples; the upload's query parameters that name them."""
+    digest = hashlib.sha256(gate.npz).hexdigest()
+    response = send(
+        "PUT", host, port, "/api/gate-data", params={"sha256": digest}, content=gate.npz,
+        headers={**auth_headers(token), "Content-Type": "application/octet-stream"},
+        timeout=timeout,
+    )  # fmt: skip
+    check(response, f"send the gate data to {host}:{port}")
+    params = {"gate": digest}
+    if gate.min_accuracy is not None:
+        params["min_accuracy"] = repr(gate.min_accuracy)
+    if gate.no_worse_than is not None:
+        params["no_worse_than"] = repr(gate.no_worse_than)
+    return params
 
 
 def deploy_command(
@@ -111,6 +164,22 @@ def deploy_command(
     ),
     token: str | None = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN]."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for each agent."),
+    gate_data: Path | None = typer.Option(
+        None,
+        "--gate-data",
+        metavar="DIR|WORKSPACE",
+        help="Score the new version (and the served one) on these images first; a worse "
+        "one is stored but not served.",
+    ),
+    min_accuracy: float | None = typer.Option(
+        None, "--min-accuracy", help="Gate: the least accuracy (0..1) the new version needs."
+    ),
+    no_worse_than_current: float | None = typer.Option(
+        None,
+        "--no-worse-than-current",
+        metavar="PTS",
+        help=r"Gate: how many points below the served version the new one may score \[default: 0].",
+    ),
 ) -> None:
     """Upload MODEL to each agent, verify its sha256 there, load and warm it up, then move the alias.
 
@@ -119,11 +188,14 @@ def deploy_command(
     check_name(name)
     check_alias(alias)
     targets = _targets(to)
+    gate = _gate(model, gate_data, min_accuracy, no_worse_than_current)
     table = Table(title=f"deploy {model.name} as {name!r} ({alias})")
     for column in ("agent", "model", "version", "sha256", "status"):
         table.add_column(column)
     failures: list[EdgewireError] = []
     if model.is_dir():
+        if gate is not None:
+            raise ConfigError("--gate-data is for one model file, not a split folder")
         _deploy_split(
             model, targets, name=name, alias=alias, tail_to=tail_to, tail_native=tail_native,
             coder=coder, fallback=fallback, token=token, timeout=timeout, table=table,
@@ -133,7 +205,7 @@ def deploy_command(
         if tail_to is not None:
             raise ConfigError("--tail-to is for split folders (head.onnx + tail.onnx), not a file")
         _upload_all(model, targets, name, alias=alias, token=token, timeout=timeout, table=table,
-                    failures=failures)  # fmt: skip
+                    failures=failures, gate=gate)  # fmt: skip
     console.print(table)
     if failures:
         raise deploy_failed(failures)
@@ -159,6 +231,7 @@ def _upload_all(
     timeout: float,
     table: Table,
     failures: list[EdgewireError],
+    gate: Gate | None = None,
 ) -> bool:
     """Upload one file to each target, a table row each; True if every one took it."""
     size = model.stat().st_size
@@ -176,7 +249,7 @@ def _upload_all(
                 task = progress.add_task("upload", total=size)
                 body = upload_model(
                     model, host=host, port=port, name=name, alias=alias, token=token, timeout=timeout,
-                    on_progress=functools.partial(progress.advance, task),
+                    on_progress=functools.partial(progress.advance, task), gate=gate,
                 )  # fmt: skip
             table.add_row(
                 target,

@@ -26,15 +26,26 @@ def export_command(
         help="Input and output names (jetson-inference's imagenet.py: input_0,output_0).",
     ),
     data: str | None = typer.Option(None, help=r"The training data \[default: the checkpoint's]."),
+    triton_repo: Path | None = typer.Option(
+        None, "--triton-repo", help="Also write a Triton model repository here (NAME/1/model.onnx)."
+    ),
+    triton_name: str | None = typer.Option(
+        None, "--triton-name", help=r"The model's name there \[default: the run's name]."
+    ),
+    max_batch: int = typer.Option(32, "--max-batch", help="Triton's max_batch_size."),
 ) -> None:
     """Export; print each variant's held-out accuracy, size, CPU latency and difference from PyTorch."""
     from edgewire.project.export import export_model
+    from edgewire.project.triton import check_triton_args, write_triton_repo
 
+    name = triton_name or (source.stem if source.is_file() else source.name)
+    if triton_repo is not None:  # a bad name or size is refused before the export runs
+        check_triton_args(name=name, max_batch=max_batch)
     variants = export_model(source, out, fp16=fp16, int8=int8, opset=opset, names=names, data=data)
     table = Table(title=f"export of {source.name}")
     for column in (
         "variant",
-        "held-out accuracy",
+        f"{variants[0].measured_on} accuracy",
         "size",
         "CPU ms (batch 1)",
         "max |diff| vs PyTorch",
@@ -46,3 +57,9 @@ def export_command(
     console.print(table)
     for v in variants:
         console.print(f"{v.kind}: {v.path}", markup=False, highlight=False, soft_wrap=True)
+    if triton_repo is not None:
+        folder = write_triton_repo(out, triton_repo, name=name, max_batch=max_batch)
+        console.print(
+            f"Triton repository: {folder} (tritonserver --model-repository {triton_repo})",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip

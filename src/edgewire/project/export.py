@@ -7,6 +7,10 @@ with the ONNX checker and against PyTorch (max abs difference). ``--fp16`` conve
 weights to float16 (inputs and outputs stay float32, so clients do not change);
 ``--int8`` quantises statically with ONNX Runtime, calibrated on the held-out split.
 Each variant's held-out accuracy, size and CPU latency are reported beside fp32's.
+
+A workspace run (its meta names a ``dataset`` in the train/val/test layout, with
+``splits``) calibrates on ``val`` and is measured on ``test``; an older checkpoint
+(meta ``data`` and ``val_fraction``) on the part its training held out.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgewire import fsutil
 from edgewire.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from edgewire.data.datasets import Dataset
 
 LABELS_KEY, PREPROCESSING_KEY = "labels", "preprocessing"
 
@@ -37,6 +44,8 @@ class Variant:
     accuracy: float
     latency_ms: float
     max_abs_diff: float
+    #: What ``accuracy`` was measured on: "test" (a workspace run) or "held-out".
+    measured_on: str = "held-out"
 
 
 def _names(text: str) -> tuple[str, str]:
@@ -61,7 +70,6 @@ def export_model(
     import onnx
     import torch
 
-    from edgewire.data.datasets import load_dataset
     from edgewire.split.build import load_teacher
 
     if not 13 <= opset <= 21:
@@ -69,19 +77,10 @@ def export_model(
     input_name, output_name = _names(names)
     trainer, meta, path = load_teacher(source)
     spec = trainer.spec
-    data_name = data or meta.get("data")
-    if not isinstance(data_name, str):
-        raise ConfigError(
-            f"checkpoint {str(path)!r} does not say what it was trained on; give --data"
-        )
-    dataset = load_dataset(data_name, limit=limit or meta.get("limit"),
-                           image_size=meta.get("image_size"))  # fmt: skip
-    # The held-out part the training run kept back (its meta says how it split).
-    fraction = float(meta.get("val_fraction") or 0.1)
-    _, held = dataset.split(val_fraction=fraction, seed=int(meta.get("seed") or 0))
+    calibration, held, measured_on = _eval_data(meta, path, data=data, limit=limit)
     if held.shape != (spec.in_channels, spec.height, spec.width):
         raise ConfigError(
-            f"data {data_name!r} is {held.shape}; the model takes {spec.in_channels}×{spec.height}×{spec.width}"
+            f"data {held.name!r} is {held.shape}; the model takes {spec.in_channels}×{spec.height}×{spec.width}"
         )
     model = torch.nn.Sequential(trainer.model, torch.nn.Softmax(dim=1)).eval()
     x = held.x.astype(np.float32) / np.float32(255.0)
@@ -94,6 +93,7 @@ def export_model(
         "edgewire.model": spec.model,
     }
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -114,16 +114,47 @@ def export_model(
         raise ModelError(f"the exported ONNX model is invalid: {exc}") from None
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
-    variants = [_measure("fp32", out, x, held.y, reference, input_name)]
+    on = measured_on
+    variants = [_measure("fp32", out, x, held.y, reference, input_name, on)]
     if fp16:
         target = out.with_suffix(".fp16.onnx")
         _fp16(out, target)
-        variants.append(_measure("fp16", target, x, held.y, reference, input_name))
+        variants.append(_measure("fp16", target, x, held.y, reference, input_name, on))
     if int8:
         target = out.with_suffix(".int8.onnx")
-        _int8(out, target, x, input_name)
-        variants.append(_measure("int8", target, x, held.y, reference, input_name))
+        calib = x if calibration is None else calibration.x.astype(np.float32) / np.float32(255)
+        _int8(out, target, calib, input_name)
+        variants.append(_measure("int8", target, x, held.y, reference, input_name, on))
     return variants
+
+
+def _eval_data(
+    meta: dict[str, Any], path: Path, *, data: str | None, limit: int | None
+) -> tuple[Dataset | None, Dataset, str]:
+    """(calibration data or None for "the measured data", measured data, what it is)."""
+    from edgewire.data.datasets import load_dataset
+
+    size = meta.get("image_size") if isinstance(meta.get("image_size"), int) else None
+    dataset = meta.get("dataset")
+    if data is None and meta.get("splits") and isinstance(dataset, str):
+        if not Path(dataset, "test").is_dir():
+            raise ConfigError(
+                f"the run's dataset {dataset!r} has no test/ split any more; "
+                "split the workspace again or give --data"
+            )
+        val = load_dataset(dataset, image_size=size, split="val", limit=limit)
+        test = load_dataset(dataset, image_size=size, split="test", limit=limit)
+        return val, test, "test"
+    data_name = data or meta.get("data")
+    if not isinstance(data_name, str):
+        raise ConfigError(
+            f"checkpoint {str(path)!r} does not say what it was trained on; give --data"
+        )
+    loaded = load_dataset(data_name, limit=limit or meta.get("limit"), image_size=size)
+    # The held-out part the training run kept back (its meta says how it split).
+    fraction = float(meta.get("val_fraction") or 0.1)
+    _, held = loaded.split(val_fraction=fraction, seed=int(meta.get("seed") or 0))
+    return None, held, "held-out"
 
 
 def _fp16(src: Path, dst: Path) -> None:
@@ -181,8 +212,9 @@ def _int8(src: Path, dst: Path, x: np.ndarray, input_name: str) -> None:
 
 
 def _measure(
-    kind: str, path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray, input_name: str
-) -> Variant:
+    kind: str, path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
+    input_name: str, measured_on: str,
+) -> Variant:  # fmt: skip
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -200,4 +232,5 @@ def _measure(
         kind=kind, path=path, size=path.stat().st_size,
         accuracy=float((scores.argmax(1) == y).mean()), latency_ms=statistics.median(times),
         max_abs_diff=float(np.abs(scores.astype(np.float64) - reference).max()),
+        measured_on=measured_on,
     )  # fmt: skip

@@ -13,6 +13,15 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgewire.errors import ConfigError, ModelError
+from edgewire.serve.backends.trt_cache import (
+    BUILDS,
+    TRT_PROVIDER,
+    EngineKey,
+    gpu_identity,
+    has_engine,
+    tensorrt_version,
+    trt_provider_options,
+)
 from edgewire.serve.model import (
     Array,
     ModelInfo,
@@ -154,17 +163,47 @@ def _session(version: ModelVersion, options: RuntimeOptions, providers: list[str
         # a server that shares its cores with its own I/O is faster without it.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     provider_options: list[dict[str, str]] = []
+    key: EngineKey | None = None
     for name in providers:
         opts: dict[str, str] = {}
-        if name == "TensorrtExecutionProvider" and options.trt_cache_dir is not None:
-            opts = {
-                "trt_engine_cache_enable": "1",
-                "trt_engine_cache_path": str(options.trt_cache_dir),
-            }
+        if name == TRT_PROVIDER and options.trt_cache_dir is not None:
+            key = engine_key(version, max_batch=options.max_batch_size)
+            inputs = {t.name: t.shape for t in version.inputs}
+            opts = trt_provider_options(options.trt_cache_dir, key=key, inputs=inputs)
         provider_options.append(opts)
-    return ort.InferenceSession(
-        str(version.model_path), so, providers=providers, provider_options=provider_options
-    )
+
+    def create() -> Any:
+        return ort.InferenceSession(
+            str(version.model_path), so, providers=providers, provider_options=provider_options
+        )
+
+    if key is None or options.trt_cache_dir is None:
+        return create()
+    # The engine is built inside InferenceSession (minutes on a Jetson); this runs in the
+    # agent's loader thread, so the previous version serves meanwhile.
+    cached = has_engine(options.trt_cache_dir, key)
+    with BUILDS.building(version.name, key=key.folder(), cached=cached):
+        return create()
+
+
+def engine_key(version: ModelVersion, *, max_batch: int) -> EngineKey:
+    """The engine-cache key of ``version`` on this machine's GPU and TensorRT."""
+    return EngineKey(
+        model_sha256=version.sha256, trt_version=tensorrt_version(),
+        precision=model_precision(version.model_path), gpu=gpu_identity(), max_batch=max_batch,
+    )  # fmt: skip
+
+
+def model_precision(path: Path) -> str:
+    """int8 for a quantised graph, fp16 for float16 weights, else fp32 (what the export made)."""
+    import onnx
+
+    model = _parse(path)
+    if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
 
 
 # -- inspection ------------------------------------------------------------------------

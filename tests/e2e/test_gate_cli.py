@@ -1,0 +1,51 @@
+"""`edgewire deploy --gate-data` against a real agent process: a worse model is refused
+with both accuracies and a non-zero exit, a better one deploys; bad flags change nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from edgewire.errors import DataError, GateRefused
+from tests.agent.gate_models import dark_bright, gate_folder
+from tests.e2e.conftest import EDGEWIRE, StartAgent
+
+
+def edgewire(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EDGEWIRE, *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "250"}, check=False,
+    )  # fmt: skip
+
+
+def test_gated_deploy_from_the_command_line(tmp_path: Path, start_agent: StartAgent) -> None:
+    agent = start_agent(tmp_path / "a", "--token", "gate-token-123")
+    base = ("deploy", "--to", f"127.0.0.1:{agent.ports['http']}", "--name", "db",
+            "--token", "gate-token-123")  # fmt: skip
+    good, bad = dark_bright(tmp_path / "good.onnx"), dark_bright(tmp_path / "bad.onnx", good=False)
+    # A workspace: its dataset/test is the gate (8×8 images, resized to the model's 4×4).
+    workspace = tmp_path / "ws"
+    gate_folder(workspace / "dataset" / "test")
+    done = edgewire(*base, str(good), "--gate-data", str(workspace), "--min-accuracy", "0.9")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "serving" in done.stdout
+    refused = edgewire(*base, str(bad), "--gate-data", str(workspace / "dataset" / "test"))
+    text = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == GateRefused.exit_code, text
+    assert "version 2 scored 50.0%, the served version 1 100.0% on 12 samples" in text
+    assert "stored as version 2, not served" in text
+    odd = edgewire(
+        *base, str(good), "--gate-data", str(gate_folder(tmp_path / "odd", extra_class="grey"))
+    )
+    text = " ".join((odd.stdout + odd.stderr).split())
+    assert odd.returncode == DataError.exit_code and "gate class 'grey' is not one" in text, text
+    flags = edgewire(*base, str(good), "--gate-data", str(workspace), "--min-accuracy", "90")
+    assert (
+        flags.returncode == 2
+        and "--min-accuracy is a share in 0..1, got 90.0" in flags.stdout + flags.stderr
+    )
+    listing = edgewire(
+        "models", "--to", f"127.0.0.1:{agent.ports['http']}", "--token", "gate-token-123"
+    )
+    assert listing.returncode == 0, listing.stderr

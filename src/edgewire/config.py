@@ -141,9 +141,24 @@ class AgentConfig:
     emulate_slowdown: float = dataclasses.field(
         default=1.0, metadata=_expect("at least 1", lambda value: value >= 1)
     )
+    # --- remote training (POST /api/datasets, PUT /api/blobs, POST /api/train) ---
+    #: Files one uploaded data set may list.
+    max_dataset_files: int = dataclasses.field(default=200_000, metadata=_AT_LEAST_1)
+    #: Bytes one uploaded data set may hold (all its files together).
+    max_dataset_bytes: int = dataclasses.field(default=4 * 1024**3, metadata=_AT_LEAST_1)
+    #: Seconds uploaded files and data sets no run uses are kept (for an upload to resume).
+    dataset_ttl_s: float = dataclasses.field(default=86400.0, metadata=_POSITIVE)
+    #: Events a remote training run keeps for followers to catch up on (a ring).
+    max_train_events: int = dataclasses.field(default=20_000, metadata=_AT_LEAST_1)
     #: TLS on the native and HTTP ports: a PEM certificate (chain) and its key, both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Live runs (``edgewire run``): the agent's own actions file (the only place a
+    #: command may come from), the URL prefixes a run's POSTs may go to, and how many
+    #: runs at once.
+    actions_file: Path | None = None
+    run_post_allow: frozenset[str] = frozenset()
+    max_live_runs: int = dataclasses.field(default=4, metadata=_AT_LEAST_1)
     #: Webhooks, polling and the job queue (the file's ``[automation]`` table; None: off).
     automation: AutomationConfig | None = dataclasses.field(
         default=None, metadata={"table": load_automation}

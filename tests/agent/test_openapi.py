@@ -11,8 +11,10 @@ import pytest
 from starlette.routing import BaseRoute, Route
 
 from edgewire.agent.http import create_app
+from edgewire.agent.live_api import live_routes
 from edgewire.agent.openapi import OPENAPI_PATH, document
 from edgewire.agent.server import Agent
+from edgewire.agent.train_remote import train_remote_routes
 from edgewire.config import AgentConfig, load_config
 from tests.helpers import agent_in_thread, automation_toml
 
@@ -57,6 +59,8 @@ def test_the_document_lists_exactly_the_routes_of_the_app(tmp_path: Path, automa
     agent = Agent(config)
     try:
         extra = agent.automation.routes() if agent.automation is not None else []
+        extra = [*extra, *train_remote_routes(agent.context)]  # as Agent._start_http mounts
+        extra = [*extra, *live_routes(agent.context, agent.live)]  # live runs, likewise
         app = create_app(agent.context, routes=extra)
         hooks = [h.name for h in config.automation.hooks] if config.automation else None
         doc = document(hooks=hooks)

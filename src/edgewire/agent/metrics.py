@@ -80,11 +80,46 @@ class AgentMetrics:
             "edgewire_jobs", "Automation jobs by state.", ["state"], registry=self.registry
         )
 
+        # Live runs (agent/live.py): camera frames classified, and the pins they drive.
+        self.live_runs = Gauge(
+            "edgewire_live_runs", "Live runs (edgewire run) in progress.", registry=self.registry
+        )
+        self.live_frames_total = Counter(
+            "edgewire_live_frames_total", "Frames classified by live runs.", registry=self.registry
+        )
+        self.gpio_transitions_total = Counter(
+            "edgewire_gpio_transitions_total",
+            "Output pin transitions of live runs (any backend, sim included).",
+            ["pin", "level"],
+            registry=self.registry,
+        )
+        self.gpio_level = Gauge(
+            "edgewire_gpio_pin_level",
+            "Output pin levels (1 high).",
+            ["pin"],
+            registry=self.registry,
+        )
+
         # Children looked up once: labels() takes a lock and a dict lookup per call.
         self.answered = {
             p: self.infer_requests_total.labels(p) for p in ("native", "mnistprot", "http")
         }
         self.frames = {t: self.frames_total.labels(t.name) for t in MsgType}
 
+        # TensorRT engine builds (serve/backends/trt_cache): a first build takes minutes.
+        self.engine_building = Gauge(
+            "edgewire_engine_building", "1 while a TensorRT engine builds.", ["model"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.engine_build_seconds = Gauge(
+            "edgewire_engine_build_seconds", "Seconds the latest TensorRT engine build took "
+            "(so far, while it runs).", ["model"], registry=self.registry,
+        )  # fmt: skip
+
     def render(self) -> bytes:
+        from edgewire.serve.backends.trt_cache import BUILDS
+
+        for model, build in BUILDS.all().items():
+            self.engine_building.labels(model).set(1 if build["state"] == "building" else 0)
+            self.engine_build_seconds.labels(model).set(build["elapsed_s"] or 0.0)
         return generate_latest(self.registry)

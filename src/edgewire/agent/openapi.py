@@ -204,13 +204,34 @@ def _management_paths() -> dict[str, Schema]:
         _query("alias", _NAME, f"The alias that moves to it (default {DEFAULT_ALIAS!r})."),
         _query("filename", {"type": "string"}, "The file's name: its suffix must fit its format."),
         _query("activate", _FLAG, "0: store it without serving it."),
+        # Gated deploys (agent/gate.py): scored on gate data before the alias moves.
+        _query("gate", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+               "The sha256 of gate data sent to /api/gate-data: score the new version (and "
+               "the served one) on it first; a worse one is refused (422) and kept unserved."),
+        _query("min_accuracy", {"type": "string"}, "Gate: the least accuracy, 0..1."),
+        _query("no_worse_than", {"type": "string"},
+               "Gate: points (0..100) below the served version's accuracy allowed (default 0)."),
     ], requestBody={"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
     )  # fmt: skip
     named = _json(_object(["name", "version", "alias"], name={"type": "string"},
                           version={"type": "integer"}, alias={"type": "string"}),
                   "What the alias names now.")  # fmt: skip
+    gate_data = _operation("Send the samples for one gated upload", {
+        "201": _json(_object(["gate", "size"], gate={"type": "string"}, size={"type": "integer"}),
+                     "Kept until the upload that names it."),
+        "400": _error("A malformed request or a sha256 that does not match."),
+        "413": _error("Over the gate data's size cap."),
+        "507": _error("The disk budget has no room for it."),
+    }, guarded=True, operationId="putGateData", parameters=[
+        {**_query("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                  "The body's sha256 (hex)."), "required": True},
+    ], requestBody={"required": True, "content": {"application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": ".npz: uint8 x (N×C×H×W), int64 y, str classes; read without pickles"}}}},
+    )  # fmt: skip
     return {
+        "/api/gate-data": {"put": gate_data},
         "/api/models": {"get": _operation("The stored models, their versions and aliases", {
             "200": _json(_object(["models"], models={"type": "array", "items": {"type": "object"}}),
                          "Every model."),
@@ -293,6 +314,135 @@ def _automation_paths(hooks: Sequence[str]) -> dict[str, Schema]:
     return paths
 
 
+def _train_remote_paths() -> dict[str, Schema]:
+    """Remote training (``agent/train_remote.py``)."""
+    sha: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+    run = _path("run_id", _NAME, "The run's id.")
+    no_run = {"404": _error("No such run (or no such result file).")}
+    entry = _object(["path", "sha256", "size"], path={"type": "string", "maxLength": 255},
+                    sha256=sha, size={"type": "integer", "minimum": 0})  # fmt: skip
+    status = _object(["run_id", "state"], run_id={"type": "string"},
+                     state={"enum": ["queued", "running", "succeeded", "failed", "stopped"]})  # fmt: skip
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "/api/datasets": {"post": _operation("Send a data set's manifest; the files it lacks", {
+            "200": _json(_object(["dataset", "files", "bytes", "missing", "missing_bytes"],
+                                 dataset=sha, files={"type": "integer"},
+                                 bytes={"type": "integer"},
+                                 missing={"type": "array", "items": sha},
+                                 missing_bytes={"type": "integer"}),
+                         "Stored; upload the missing files next (PUT /api/blobs/SHA256)."),
+            "400": _error("A malformed manifest (a path with '..', absolute, repeated, ...)."),
+            "413": _error("Over max_dataset_files or max_dataset_bytes."),
+            "503": _error("Busy: the shared byte budget is full; retry."),
+        }, guarded=True, requestBody={"required": True, "content": {"application/json": {
+            "schema": _object(["files"], files={"type": "array", "items": entry})}}})},
+        "/api/blobs": {"post": _operation("Upload many small files in one body (a pack)", {
+            "201": _json(_object(["files", "stored"], files={"type": "integer"},
+                                 stored={"type": "integer"}), "Checked and stored."),
+            "400": _error("A torn pack, no Content-Length, or a file whose sha256 differs."),
+            "413": _error("Over max_dataset_bytes, or a record over 4 MiB."),
+            "503": _error("Busy: the shared byte budget is full; retry."),
+            "507": _error("The disk budget has no room for it."),
+        }, guarded=True, description="Records of sha256 (32 bytes), size (8 bytes, big-endian) "
+            "and the file's bytes, one after the other.",
+            requestBody={"required": True, "content": binary})},
+        "/api/blobs/{sha256}": {"put": _operation("Upload one file of a data set (or a checkpoint)", {
+            "200": _json(_object(["sha256", "stored"], sha256=sha, size={"type": "integer"},
+                                 stored={"type": "boolean"}), "It was there already."),
+            "201": _json(_object(["sha256", "stored"], sha256=sha, size={"type": "integer"},
+                                 stored={"type": "boolean"}), "Stored."),
+            "400": _error("Not a sha256, no Content-Length, or the body's sha256 differs."),
+            "413": _error("Over max_dataset_bytes."),
+            "503": _error("Busy: the shared byte budget is full; retry."),
+            "507": _error("The disk budget has no room for it."),
+        }, guarded=True, parameters=[_path("sha256", sha, "The file's sha256 (hex).")],
+            requestBody={"required": True, "content": binary})},
+        "/api/train": {"post": _operation("Train an uploaded data set here", {
+            "202": _json(_object(["run_id", "state", "events"], run_id={"type": "string"},
+                                 state={"type": "string"}, events={"type": "string"}),
+                         "Started (or queued behind other training)."),
+            "400": _error("Bad options, an unknown data set or a taken run id."),
+            "503": _error("Another run is training; wait or stop it."),
+            "507": _error("The disk budget has no room for a run."),
+        }, guarded=True, requestBody={"required": True, "content": {"application/json": {
+            "schema": _object(["dataset"], dataset=sha, options={"type": "object"},
+                              init={"type": ["string", "null"]}, run_id=_NAME)}}})},
+        "/api/train/{run_id}": {"get": _operation("A run: state, last event, summary, files", {
+            "200": _json(status, "The run."), **no_run}, guarded=True, parameters=[run])},
+        "/api/train/{run_id}/events": {"get": _operation("The run's events (server-sent)", {
+            "200": {"description": "Events (id, event, data) until a summary or an error.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _error("A bad after."), **no_run,
+        }, guarded=True, parameters=[run, _query(
+            "after", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            "Send the events after this one (a reconnect; or the Last-Event-ID header).")])},
+        "/api/train/{run_id}/files/{name}": {"get": _operation("A result file of the run", {
+            "200": {"description": "The file; its sha256 in X-Edgewire-Sha256.",
+                    "content": binary}, **no_run,
+        }, guarded=True, parameters=[run, _path("name", {"type": "string"}, "The file name.")])},
+        "/api/train/{run_id}/stop": {"post": _operation("Stop the run between batches", {
+            "200": _json(_object(["run_id", "state", "stopping"], run_id={"type": "string"},
+                                 state={"type": "string"}, stopping={"type": "boolean"}),
+                         "It stops; its report is still written."), **no_run,
+        }, guarded=True, parameters=[run])},
+    }  # fmt: skip
+
+
+def _live_paths() -> dict[str, Schema]:
+    """Live runs (``agent/live_api.py``): ``edgewire run`` and ``edgewire runs``."""
+    run_id = _path("id", {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "The run's id.")
+    no_run = {"404": _error("No such live run (finished ones are kept a while).")}
+    summary = _object(["id", "state", "frames"], id={"type": "string"},
+                      state={"enum": ["running", "finished", "stopped", "failed"]},
+                      frames={"type": "integer"}, per_class={"type": "object"},
+                      transitions={"type": "integer"})  # fmt: skip
+    actions: Schema = {"oneOf": [
+        {"const": "agent"},
+        _object(run=_object(threshold={"type": "number"}, debounce={"type": "integer"},
+                            hold_s={"type": "number"},
+                            pins={"enum": ["auto", "sim", "gpiod", "jetson"]}),
+                classes={"type": "object", "additionalProperties": _object(
+                    pin={"type": "integer"}, post={"type": "string"},
+                    timeout_s={"type": "number"})}),
+    ]}  # fmt: skip
+    request = _object(["model", "source"], model=_NAME, source={"type": "string"},
+                      rate={"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                      actions=actions, max_frames={"type": "integer", "minimum": 1},
+                      loop={"type": "boolean"})  # fmt: skip
+    return {
+        "/api/runs": {
+            "post": _operation("Start a live run: a source on the agent's machine, a model, pins", {
+                "201": _json(summary, "Started; follow /api/runs/{id}/events."),
+                "400": _error("A malformed request, a bad source or bad actions."),
+                "403": _error("A command from the network, or a POST off run_post_allow."),
+                "404": _error("The model is not served."),
+                "500": _error("The model cannot take camera frames."),
+                "502": _error("The camera or stream cannot be reached."),
+                "503": _error("max_live_runs are running, or their pins are in use."),
+                "504": _error("The stream did not answer in time."),
+            }, guarded=True, requestBody={"required": True, "content": {
+                "application/json": {"schema": request}}}),
+            "get": _operation("The live runs, newest first", {
+                "200": _json(_object(["runs"], runs={"type": "array", "items": summary}),
+                             "Each with its summary so far."),
+            }, guarded=True),
+        },
+        "/api/runs/{id}": {"get": _operation("One live run: summary, pins, actions", {
+            "200": _json(summary, "With pin_levels and pin_transitions."),
+            **no_run}, guarded=True, parameters=[run_id])},
+        "/api/runs/{id}/events": {"get": _operation("The run's server-sent events", {
+            "200": {"description": "frame and action events, then summary.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _error("A bad after."), **no_run,
+        }, guarded=True, parameters=[run_id, _query(
+            "after", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            "The last event seen: resume after it (or the Last-Event-ID header).")])},
+        "/api/runs/{id}/stop": {"post": _operation("Stop a live run (its pins low)", {
+            "200": _json(summary, "Stopped."), **no_run}, guarded=True, parameters=[run_id])},
+    }  # fmt: skip
+
+
 def document(*, hooks: Sequence[str] | None) -> Schema:
     """The document of an agent whose automation has ``hooks`` (None: automation off)."""
     plain = {"description": "Text.", "content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -313,6 +463,8 @@ def document(*, hooks: Sequence[str] | None) -> Schema:
             "200": _json({"type": "object"}, "OpenAPI 3.1.")}, guarded=True)},
         **_kserve_paths(),
         **_management_paths(),
+        **_train_remote_paths(),
+        **_live_paths(),
         **({} if hooks is None else _automation_paths(hooks)),
     }  # fmt: skip
     return {

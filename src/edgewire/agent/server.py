@@ -148,6 +148,10 @@ class Agent:
         self.automation = None if config.automation is None else Automation(
             self.context, config.automation
         )  # fmt: skip
+        # Live runs (edgewire run): a source, a served model, pins and actions.
+        from edgewire.agent.live import LiveRuns
+
+        self.live = LiveRuns(self.context)
         self._started = False
         self._servers: list[asyncio.Server] = []
         self._http: _QuietUvicorn | None = None
@@ -378,6 +382,13 @@ class Agent:
         sock.setblocking(False)
         self.ports["http"] = sock.getsockname()[1]
         routes = self.automation.routes() if self.automation is not None else []
+        # Remote training: content-addressed data set upload, runs, their event streams.
+        from edgewire.agent.train_remote import train_remote_routes
+
+        routes = [*routes, *train_remote_routes(self.context)]
+        from edgewire.agent.live_api import live_routes
+
+        routes = [*routes, *live_routes(self.context, self.live)]
         tls = self.tls
         config = uvicorn.Config(
             create_app(self.context, routes=routes),
@@ -420,6 +431,7 @@ class Agent:
         began = time.monotonic()
         for server in self._servers:
             server.close()
+        await self.live.stop_all()  # their pins low before anything else goes
         for idle in list(self.context.idle_readers):
             idle.cancel()  # a native connection between frames: nothing to drain
         pending = {t for t in self._tasks if not t.done()}

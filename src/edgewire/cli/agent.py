@@ -54,6 +54,17 @@ def _fixed_options(
     legacy_mnistprot_model: str | None = typer.Option(
         None, help="Model that MnistProt requests go to."
     ),
+    actions_file: Path | None = typer.Option(
+        None,
+        "--actions",
+        help="Actions file of live runs (edgewire run): the only place commands may come "
+        r"from (docs/run.md) \[env: EDGEWIRE_ACTIONS_FILE].",
+    ),
+    run_post_allow: str | None = typer.Option(
+        None,
+        help="URL prefixes a live run's POSTs may go to, comma-separated "
+        r"\[env: EDGEWIRE_RUN_POST_ALLOW].",
+    ),
     config: Path | None = typer.Option(
         None, help=r"TOML file with \[agent] settings (and \[automation]: docs/automation.md)."
     ),

@@ -1,0 +1,563 @@
+"""Live runs (``edgewire run``): frames of a source on this machine, classified by a served
+model, driving the actions of :mod:`edgewire.actions`; their events in a bounded ring.
+
+Called *live* runs here: the agent's training runs are ``runs`` (``RunRegistry``). A run
+reads its source in a thread of its own (a file's next frame every 1/rate s; a camera's
+or stream's newest frame, the others dropped), and classifies on the loop through
+``Serving.infer``, so a model swapped meanwhile answers from the next frame on. However a
+run ends (stop, end of source, an error, the agent stopping), its pins go low.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgewire.actions.commands import run_command
+from edgewire.actions.config import ActionsConfig, load_actions, parse_actions
+from edgewire.actions.pins import Pins, Transition, open_pins
+from edgewire.actions.policy import Policy, Trigger
+from edgewire.actions.post import check_allowed, post_json
+from edgewire.agent.context import PortContext
+from edgewire.errors import BusyError, ConfigError, EdgewireError, ModelError, one_line
+from edgewire.project.capture import Frame, open_source
+from edgewire.serve.runtime import LoadedModel
+
+log = logging.getLogger(__name__)
+#: Events a run keeps for its readers (the oldest go first).
+EVENT_RING = 2048
+#: Latencies kept for the percentiles of the summary.
+LATENCY_WINDOW = 10_000
+MAX_FINISHED = 20
+#: Commands and POSTs of one run in flight at once; one more is skipped, and said so.
+MAX_ACTIONS_IN_FLIGHT = 2
+OPEN_TIMEOUT_S = 15.0
+ACTION_RESULTS = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    model: str
+    source: str
+    rate: float = 10.0
+    #: A table (pins and posts, from the network), ``"agent"`` (the agent's own file),
+    #: or None (the agent's file if it has one, else the default pins).
+    actions: Mapping[str, Any] | str | None = None
+    max_frames: int | None = None
+    loop: bool = False
+
+
+class FrameFeed:
+    """A source read in its own thread: ``paced`` (a file or folder) hands out the next
+    frame when asked, otherwise the newest frame read, dropping the ones in between."""
+
+    _END = object()
+
+    def __init__(self, opener: Callable[[], Iterator[Frame]], first: Iterator[Frame], *,
+                 paced: bool, loop: bool) -> None:  # fmt: skip
+        self.paced, self._loop, self._opener = paced, loop, opener
+        self._frames = first
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._newest: tuple[Frame, float] | None = None
+        self._newest_lock = threading.Lock()
+        self._fresh = threading.Event()
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self.ended = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._read, name="edgewire-live-source", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while not self._stop.is_set():
+                frame = next(self._frames, None)
+                if frame is None:
+                    if self._loop and self.paced and not self._stop.is_set():
+                        self._frames = self._opener()
+                        continue
+                    break
+                if self.paced:
+                    self._put(frame)
+                else:
+                    with self._newest_lock:
+                        self.dropped += self._newest is not None
+                        self._newest = (frame, time.monotonic())
+                    self._fresh.set()
+        except EdgewireError as exc:
+            self.error = exc.message
+        except Exception as exc:  # a broken source ends the run with one line, not the agent
+            self.error = f"the source failed: {one_line(exc)}"
+        finally:
+            with contextlib.suppress(Exception):
+                close = getattr(self._frames, "close", None)
+                if close is not None:
+                    close()
+            self.ended = True
+            self._put(self._END)
+            self._fresh.set()
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+
+    def take(self, timeout: float) -> tuple[Frame, float] | None:
+        """The next frame and when it was captured; None at the end or after ``timeout``
+        (blocking: call it in a thread, or when :meth:`ready`)."""
+        if self.paced:
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if item is self._END:
+                self._queue.put_nowait(self._END)  # the end stays the end
+                return None
+            return item, time.monotonic()  # a file's frame is captured when it is due
+        if not self._fresh.wait(timeout):
+            return None
+        with self._newest_lock:
+            newest, self._newest = self._newest, None
+            self._fresh.clear()
+        return newest
+
+    def ready(self) -> bool:
+        return not self._queue.empty() if self.paced else self._fresh.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        # Its read may block on the source's own timeout; it lets go of the source then.
+        self._thread.join(timeout=2.0)
+
+
+def preprocess(frame: Frame, loaded: LoadedModel) -> tuple[str, npt.NDArray[np.float32]]:
+    """``frame`` as the model's first input: resized, scaled as its metadata says."""
+    from PIL import Image
+
+    info = loaded.inputs[0]
+    version = loaded.version
+    size = version.metadata.get("edgewire.input_size")
+    if size is not None:
+        import json
+
+        channels, height, width = (int(v) for v in json.loads(size))
+    elif len(info.shape) == 4 and all(isinstance(d, int) for d in info.shape[1:]):
+        channels, height, width = (int(d) for d in info.shape[1:] if d is not None)
+    else:
+        raise ModelError(
+            f"{version.label} takes {info.shape}: not an image input, and its metadata has "
+            "no edgewire.input_size; export it with edgewire export"
+        )
+    image = Image.fromarray(frame).convert("L" if channels == 1 else "RGB")
+    pixels = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float32)
+    pixels = pixels.reshape(height, width, -1).transpose(2, 0, 1)
+    prep = version.preprocessing
+    x = pixels * float(prep.get("scale", 1 / 255))
+    mean = np.asarray(prep.get("mean", 0.0), np.float32).reshape(-1, 1, 1)
+    std = np.asarray(prep.get("std", 1.0), np.float32).reshape(-1, 1, 1)
+    x = ((x - mean) / std)[None].astype(np.float32)
+    return info.name, x.reshape(1, -1) if len(info.shape) == 2 else x
+
+
+def scores_of(output: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """One row of scores (a softmax applied when the model gives logits)."""
+    row: npt.NDArray[np.float64] = np.asarray(output, np.float64).reshape(output.shape[0], -1)[0]
+    if row.min() >= 0 and abs(row.sum() - 1.0) < 1e-3:
+        return row
+    e = np.exp(row - row.max())
+    return e / e.sum()  # type: ignore[no-any-return]
+
+
+def _percentiles(values: deque[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+class LiveRun:
+    def __init__(self, runs: LiveRuns, request: RunRequest, actions: ActionsConfig,
+                 feed: FrameFeed, pins: Pins) -> None:  # fmt: skip
+        self.id = secrets.token_hex(6)
+        self.request, self.actions, self.feed, self.pins = request, actions, feed, pins
+        self._runs = runs
+        self.policy = Policy(actions)
+        self.state = "running"
+        self.reason: str | None = None
+        self.started = time.time()
+        self.ended: float | None = None
+        self.frames = 0
+        self.errors = 0
+        self.skipped_actions = 0
+        self.per_class: Counter[str] = Counter()
+        self.versions: set[int] = set()
+        self.latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.pin_latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.action_results: deque[dict[str, Any]] = deque(maxlen=ACTION_RESULTS)
+        self.events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=EVENT_RING)
+        self.seq = 0
+        self._tick = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self._actions_in_flight: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state != "running"
+
+    # --- events ------------------------------------------------------------------------
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        self.events.append((self.seq, kind, data))
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    def events_after(self, seq: int) -> list[tuple[int, str, dict[str, Any]]]:
+        return [e for e in self.events if e[0] > seq]
+
+    async def wait_for_event(self, seq: int, timeout: float) -> None:
+        """Until an event after ``seq`` exists, the run ends, or ``timeout`` passes."""
+        if self.seq > seq or self.done:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._tick.wait()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        period = 1.0 / self.request.rate
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        limit = self.request.max_frames
+        errors_in_row = 0
+        try:
+            while not self.stop_requested.is_set():
+                wait = due - loop.time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self.stop_requested.wait()
+                    if self.stop_requested.is_set():
+                        break
+                due = max(due + period, loop.time())
+                got = self.feed.take(0) if self.feed.ready() else await self._take_waiting()
+                if got is None:
+                    if self.feed.ended:
+                        if self.feed.error is not None:
+                            raise ConfigError(self.feed.error)
+                        self.reason = "end of source"
+                        break
+                    continue
+                try:
+                    await self._frame(*got)
+                    errors_in_row = 0
+                except BusyError:
+                    self.errors += 1  # the model's queue is full: this frame is dropped
+                except EdgewireError as exc:
+                    self.errors += 1
+                    errors_in_row += 1
+                    if errors_in_row >= max(20, int(self.request.rate * 10)):
+                        raise
+                    if errors_in_row == 1:
+                        log.warning("live run %s: %s (still trying)", self.id, exc.message)
+                if limit is not None and self.frames >= limit:
+                    self.reason = f"{limit} frames"
+                    break
+            if self.stop_requested.is_set():
+                self.state, self.reason = "stopped", self.reason or "stopped"
+            else:
+                self.state = "finished"
+        except EdgewireError as exc:
+            self.state, self.reason = "failed", exc.message
+        except Exception as exc:
+            log.exception("live run %s failed", self.id)
+            self.state, self.reason = "failed", f"internal error: {one_line(exc)}"
+        finally:
+            self._finish()
+        await self._settle_actions()
+
+    async def _take_waiting(self) -> tuple[Frame, float] | None:
+        # A live source's next frame, or a file's read-ahead running late: wait in a thread.
+        return await asyncio.to_thread(self.feed.take, 1.0)
+
+    async def _frame(self, frame: Frame, captured: float) -> None:
+        serving = self._runs.ctx.serving
+        loaded = serving.loaded(self.request.model)
+        name, x = preprocess(frame, loaded)
+        served = await serving.infer(self.request.model, {name: x})
+        inferred = time.monotonic()
+        out = served.result.outputs.get(loaded.output_names[0])
+        if out is None:
+            out = next(iter(served.result.outputs.values()))
+        scores = scores_of(out)
+        index = int(scores.argmax())
+        labels = served.version.labels or ()
+        label = labels[index] if index < len(labels) else str(index)
+        score = float(scores[index])
+        self.frames += 1
+        self.per_class[label] += 1
+        self.versions.add(served.version.version)
+        self._runs.ctx.metrics.live_frames_total.inc()
+        decision = self.policy.step(label, score, inferred)
+        fired: list[dict[str, Any]] = []
+        event: dict[str, Any] = {
+            "frame": self.frames, "label": label, "class": index, "score": round(score, 5),
+            "version": served.version.version, "active": decision.active,
+            "latency_ms": round((inferred - captured) * 1000, 3),
+        }  # fmt: skip
+        for change in decision.changes:
+            self.pins.write(change.pin, change.level, frame=self.frames)
+            fired.append({"kind": "pin", "pin": change.pin, "level": change.level})
+        if decision.changes:
+            pin_ms = (time.monotonic() - captured) * 1000
+            self.pin_latency.append(pin_ms)
+            event["pin_latency_ms"] = round(pin_ms, 3)
+        for trigger in decision.triggers:
+            fired.append(self._start_action(trigger, label, score))
+        event["fired"] = fired
+        self.latency.append(event["latency_ms"])
+        self._emit("frame", event)
+
+    # --- commands and posts, off the loop ----------------------------------------------
+
+    def _start_action(self, trigger: Trigger, label: str, score: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {"kind": trigger.kind, "class": trigger.class_name}
+        if len(self._actions_in_flight) >= MAX_ACTIONS_IN_FLIGHT:
+            self.skipped_actions += 1
+            entry["skipped"] = "busy"
+            return entry
+        frame = self.frames
+        task = asyncio.create_task(self._action(trigger, label, score, frame))
+        self._actions_in_flight.add(task)
+        task.add_done_callback(self._actions_in_flight.discard)
+        return entry
+
+    async def _action(self, trigger: Trigger, label: str, score: float, frame: int) -> None:
+        action = self.actions.classes[trigger.class_name]
+        result: dict[str, Any]
+        if trigger.kind == "command" and action.command is not None:
+            env = {k: v for k in ("PATH", "HOME", "LANG") if (v := os.environ.get(k)) is not None}
+            env.update(EDGEWIRE_RUN=self.id, EDGEWIRE_CLASS=label, EDGEWIRE_SCORE=f"{score:.5f}",
+                       EDGEWIRE_FRAME=str(frame))  # fmt: skip
+            done = await asyncio.to_thread(
+                run_command, action.command, timeout_s=action.timeout_s, env=env
+            )
+            result = done.to_dict()
+        elif trigger.kind == "post" and action.post is not None:
+            body = {"run": self.id, "model": self.request.model, "class": label,
+                    "score": round(score, 5), "frame": frame, "time": time.time()}  # fmt: skip
+            result = (await post_json(action.post, body, timeout_s=action.timeout_s)).to_dict()
+        else:
+            return
+        result.update(kind=trigger.kind, frame=frame, **{"class": label})
+        self.action_results.append(result)
+        self._emit("action", result)
+
+    async def _settle_actions(self) -> None:
+        pending = set(self._actions_in_flight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5.0)
+            for task in late:
+                task.cancel()
+
+    # --- the end -----------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        try:
+            for change in self.policy.release():
+                with contextlib.suppress(Exception):
+                    self.pins.write(change.pin, change.level, frame=self.frames)
+        finally:
+            self.pins.close()  # every pin low, whatever happened above
+            self.feed.stop()
+        if self.state == "running":
+            self.state = "stopped"
+        self.ended = time.time()
+        self._emit("summary", self.summary())
+        self._runs.finished(self)
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = (self.ended or time.time()) - self.started
+        return {
+            "id": self.id, "state": self.state, "reason": self.reason,
+            "model": self.request.model, "source": self.request.source,
+            "rate": self.request.rate, "frames": self.frames,
+            "per_class": dict(self.per_class), "transitions": self.pins.count,
+            "fps": round(self.frames / elapsed, 3) if elapsed > 0 else 0.0,
+            "latency_ms": _percentiles(self.latency),
+            "pin_latency_ms": _percentiles(self.pin_latency),
+            "errors": self.errors, "source_dropped": self.feed.dropped,
+            "skipped_actions": self.skipped_actions, "versions": sorted(self.versions),
+            "pins": self.pins.kind, "started": self.started, "ended": self.ended,
+            "duration_s": round(elapsed, 3),
+        }  # fmt: skip
+
+    def detail(self, *, transitions: int = 500) -> dict[str, Any]:
+        """What ``GET /api/runs/{id}`` shows: the summary so far, the pins, the last actions."""
+        moved = list(self.pins.transitions)[-transitions:]
+        return {
+            **self.summary(),
+            "pin_levels": {str(p): v for p, v in self.pins.levels.items()},
+            "pin_transitions": [t.to_dict() for t in moved],
+            "actions": list(self.action_results),
+            "last_event": self.seq,
+        }
+
+
+class LiveRuns:
+    """The agent's live runs: at most ``max_live_runs`` at once, the last few finished kept."""
+
+    def __init__(self, ctx: PortContext) -> None:
+        self.ctx = ctx
+        self._runs: dict[str, LiveRun] = {}
+        self._finished: deque[str] = deque()
+        self._closing = False
+        self._starting = 0
+        if ctx.config.actions_file is not None:
+            self.agent_actions()  # a bad file stops the agent at start, not the first run
+
+    def agent_actions(self) -> ActionsConfig | None:
+        path = self.ctx.config.actions_file
+        return None if path is None else load_actions(Path(path))
+
+    def resolve_actions(self, given: Mapping[str, Any] | str | None) -> ActionsConfig:
+        """The actions of a request: from the network (pins and posts; posts allow-listed),
+        the agent's own file (``"agent"``), or when none are given, the agent's file or
+        the default pins."""
+        if given == "agent" or given is None:
+            own = self.agent_actions()
+            if own is None and given == "agent":
+                raise ConfigError(
+                    "the agent has no actions file: start it with edgewire agent --actions FILE"
+                )
+            return own if own is not None else ActionsConfig()
+        if isinstance(given, str):
+            raise ConfigError(f'actions are a table or "agent", got {given!r:.60}')
+        actions = parse_actions(given, source="the request's actions", allow_commands=False)
+        for url in actions.post_urls:
+            check_allowed(url, self.ctx.config.run_post_allow)
+        return actions
+
+    def all_runs(self) -> list[LiveRun]:
+        return sorted(self._runs.values(), key=lambda r: r.started, reverse=True)
+
+    def get(self, run_id: str) -> LiveRun | None:
+        return self._runs.get(run_id)
+
+    def running(self) -> list[LiveRun]:
+        return [r for r in self._runs.values() if not r.done]
+
+    async def start(self, request: RunRequest) -> LiveRun:
+        cap = self.ctx.config.max_live_runs
+        if self._closing or self.ctx.stopping.is_set():
+            raise BusyError("the agent is stopping; start the run again once it is back")
+        if len(self.running()) + self._starting >= cap:
+            raise BusyError(
+                f"{cap} live runs already (max_live_runs); stop one with edgewire runs --stop ID"
+            )
+        self._starting += 1  # the slot is held while the source opens
+        try:
+            return await self._start(request)
+        finally:
+            self._starting -= 1
+
+    async def _start(self, request: RunRequest) -> LiveRun:
+        actions = self.resolve_actions(request.actions)
+        loaded = self.ctx.serving.loaded(request.model)
+        preprocess(np.zeros((8, 8, 3), np.uint8), loaded)  # an unfit model: refused now
+        labels = list(loaded.version.labels or ())
+        if not labels:
+            labels = [str(i) for i in range(_classes(loaded))]
+        actions = actions.for_labels(labels)
+        pins = [a.pin for a in actions.classes.values() if a.pin is not None]
+        self._check_pins_free(actions.pins, pins)
+        metrics = self.ctx.metrics
+
+        def moved(t: Transition) -> None:
+            metrics.gpio_transitions_total.labels(str(t.pin), str(t.level)).inc()
+            metrics.gpio_level.labels(str(t.pin)).set(t.level)
+
+        driven = open_pins(actions.pins, pins, on_transition=moved)
+        source = request.source
+
+        def opener() -> Iterator[Frame]:  # again at the end of a file, to loop
+            return open_source(source, timeout=10.0)
+
+        def opened() -> tuple[Iterator[Frame], bool]:
+            return opener(), Path(source).is_file() or Path(source).is_dir()
+
+        try:
+            first, paced = await asyncio.wait_for(asyncio.to_thread(opened), OPEN_TIMEOUT_S)
+        except TimeoutError:
+            driven.close()
+            raise ConfigError(f"source {source!r} did not open in {OPEN_TIMEOUT_S:g} s") from None
+        except BaseException:
+            driven.close()
+            raise
+        for pin in driven.pins:
+            metrics.gpio_level.labels(str(pin)).set(0)
+        feed = FrameFeed(opener, first, paced=paced, loop=request.loop)
+        run = LiveRun(self, request, actions, feed, driven)
+        self._runs[run.id] = run
+        metrics.live_runs.inc()
+        run.task = asyncio.create_task(run.run(), name=f"edgewire-live-{run.id}")
+        log.info("live run %s: %s on %s at %g Hz, pins %s (%s)", run.id, request.model,
+                 source, request.rate, pins, driven.kind)  # fmt: skip
+        return run
+
+    def _check_pins_free(self, kind: str, pins: list[int]) -> None:
+        if kind == "sim":
+            return  # simulated pins share nothing
+        for other in self.running():
+            if other.pins.kind != "sim" and set(other.pins.pins) & set(pins):
+                shared = sorted(set(other.pins.pins) & set(pins))
+                raise BusyError(
+                    f"pins {shared} are driven by live run {other.id}; stop it first "
+                    f"(edgewire runs --stop {other.id})"
+                )
+
+    def finished(self, run: LiveRun) -> None:
+        self.ctx.metrics.live_runs.dec()
+        self._finished.append(run.id)
+        while len(self._finished) > MAX_FINISHED:
+            self._runs.pop(self._finished.popleft(), None)
+
+    def stop(self, run_id: str) -> LiveRun | None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.stop_requested.set()
+        return run
+
+    async def stop_all(self) -> None:
+        """Stop every run and wait for their pins to go low (the agent is stopping)."""
+        self._closing = True
+        tasks = []
+        for run in self.running():
+            run.stop_requested.set()
+            if run.task is not None:
+                tasks.append(run.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)
+
+
+def _classes(loaded: LoadedModel) -> int:
+    shape = loaded.outputs[0].shape
+    last = shape[-1] if shape else None
+    return last if isinstance(last, int) and last > 0 else 0

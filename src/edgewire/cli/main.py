@@ -18,7 +18,9 @@ from edgewire.cli.deploy import delete_command, deploy_command, models_command
 from edgewire.cli.export import export_command
 from edgewire.cli.infer import infer_command
 from edgewire.cli.jobs import jobs_command
+from edgewire.cli.pipeline import pipeline_command
 from edgewire.cli.project import project_app
+from edgewire.cli.run import run_command, runs_command
 from edgewire.cli.split import split_app
 from edgewire.cli.train import train_app
 from edgewire.errors import EXIT_CODES, EdgewireError, codes_by_exit_code
@@ -63,6 +65,11 @@ app.command("export", help="ONNX with scores and metadata; fp16 and int8 too, me
     export_command
 )
 app.command("infer", help="Run files through a model served by an agent.")(infer_command)
+app.command(
+    "pipeline", help="A workspace's steps in order: capture … run, skipping what is up to date."
+)(pipeline_command)
+app.command("run", help="Run a model on an agent's camera or video, driving pins.")(run_command)
+app.command("runs", help="List an agent's live runs, or stop one.")(runs_command)
 app.command("bench", help="Load an agent with many concurrent clients.")(bench_command)
 app.add_typer(train_app, name="train", help="Train on a device over the network, or locally.")
 app.add_typer(split_app, name="split", help="Cut a model into a device head and a server tail.")

@@ -1,8 +1,8 @@
 """Camera-like footage with real pixels, for tests and the demo (no camera here).
 
 Each frame is a crop of one of the colour photographs that scikit-image and
-scikit-learn ship (the MNIST-M set's: see ``edgewire.data.mnistm``), panned a
-little from frame to frame, with a real MNIST-5k digit of the chosen class pasted
+scikit-learn ship (the MNIST-M set's: see ``edgewire.data.mnistm``; which one, and
+where, depends on the seed only), panned a little from frame to frame, with a real MNIST-5k digit of the chosen class pasted
 over it: moved along a path, scaled, blurred, under a changing light, with sensor
 noise. Written as an MJPG ``.avi`` with OpenCV (``edgewire[camera]``), as a USB
 webcam's stream would be.
@@ -10,6 +10,7 @@ webcam's stream would be.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +34,33 @@ def cv2_module() -> Any:
     return cv2
 
 
+@functools.cache
+def _digits() -> Any:
+    from edgewire.data.datasets import load_dataset
+
+    return load_dataset("mnist5k")
+
+
 def frames(
     digit: int, *, count: int = 60, size: tuple[int, int] = (160, 120), seed: int = 0
 ) -> list[NDArray[np.uint8]]:
     """``count`` RGB frames (H×W×3) showing handwritten ``digit``s over a photograph."""
-    from edgewire.data.datasets import load_dataset
     from edgewire.data.mnistm import photographs
 
     if not 0 <= digit <= 9:
         raise ConfigError(f"a digit is 0..9, got {digit!r}")
     width, height = size
-    rng = np.random.default_rng((seed, digit))
-    mnist = load_dataset("mnist5k")
-    pool = np.flatnonzero(mnist.y == digit)
-    photo = photographs()[int(rng.integers(len(photographs())))]
+    # The scene depends on the seed alone: footage of every digit with one seed shares
+    # its background, so a model cannot tell the classes apart by the photograph.
+    scene = np.random.default_rng(seed)
+    photo = photographs()[int(scene.integers(len(photographs())))]
     ph, pw = photo.shape[:2]
     scale = min(ph / height, pw / width) * 0.6
     cw, ch = int(width * scale), int(height * scale)
-    x0, y0 = int(rng.integers(0, pw - cw)), int(rng.integers(0, ph - ch))
+    x0, y0 = int(scene.integers(0, pw - cw)), int(scene.integers(0, ph - ch))
+    rng = np.random.default_rng((seed, digit))
+    mnist = _digits()
+    pool = np.flatnonzero(mnist.y == digit)
     sample = mnist.x[int(rng.choice(pool)), 0]
     out = []
     for t in range(count):

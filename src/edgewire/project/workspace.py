@@ -3,6 +3,11 @@
     DIR/edgewire.toml          [project] name, classes (in label order)
     DIR/images/<class>/        what capture and import collect, named by content
     DIR/dataset/{train,val,test}/<class>/ and DIR/dataset/labels.txt   what split writes
+    DIR/runs/<run-id>/ and DIR/runs/LATEST   what training writes
+    DIR/.edgewire/pipeline.json              what ``edgewire pipeline`` has done
+
+``edgewire.toml`` may carry a table per pipeline step (``[capture]``, ``[split]``,
+``[train]``, ``[export]``, ``[deploy]``, ``[run]``): see ``project/pipeline.py``.
 
 A user can stop after any step and go on later: each command reads the workspace,
 not the shell history. Images are named by the sha256 of their bytes, so two
@@ -15,8 +20,10 @@ import hashlib
 import re
 import shutil
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgewire import fsutil
 from edgewire.errors import ConfigError
@@ -24,6 +31,8 @@ from edgewire.project.imagefiles import readable_image, to_png
 
 CONFIG_FILE = "edgewire.toml"
 IMAGES, DATASET = "images", "dataset"
+#: Training runs go in ``runs/<run-id>/``; ``runs/LATEST`` names the last one finished.
+RUNS, LATEST = "runs", "LATEST"
 _CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -47,6 +56,8 @@ class Workspace:
     root: Path
     name: str
     classes: tuple[str, ...]
+    #: Every table of ``edgewire.toml`` (``project`` and the pipeline steps' settings).
+    tables: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def init(cls, root: Path, classes: list[str]) -> Workspace:
@@ -81,7 +92,16 @@ class Workspace:
         if not isinstance(project, dict) or not isinstance(project.get("classes"), list):
             raise ConfigError(f"{path}: needs [project] with a list of classes")
         classes = check_classes([str(c) for c in project["classes"]])
-        return cls(root=root, name=str(project.get("name", root.name)), classes=classes)
+        return cls(
+            root=root, name=str(project.get("name", root.name)), classes=classes, tables=data
+        )
+
+    def table(self, name: str) -> dict[str, Any]:
+        """The ``[name]`` table of ``edgewire.toml`` (empty when absent); one line if not a table."""
+        value = self.tables.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.root / CONFIG_FILE}: [{name}] must be a table")
+        return value
 
     def class_dir(self, name: str) -> Path:
         if name not in self.classes:

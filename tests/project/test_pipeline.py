@@ -83,6 +83,14 @@ def test_tables_become_the_commands_a_user_would_type(tmp_path: Path) -> None:
     ]]  # fmt: skip
     assert not steps["run"].cached
     assert flags("export", {"fp16": True, "int8": False}, ws.root) == ["--fp16"]
+    # A file of the workspace is found from anywhere; a camera or a URL stays as it is.
+    (ws.root / "cat.avi").write_bytes(b"")
+    assert flags("capture", {"source": "cat.avi"}, ws.root) == [
+        "--source",
+        str(ws.root / "cat.avi"),
+    ]
+    assert flags("capture", {"source": "0"}, ws.root) == ["--source", "0"]
+    assert flags("run", {"source": "cat.avi"}, ws.root) == ["--source", "cat.avi"]  # the agent's
     with pytest.raises(ConfigError, match="variant must be one of fp32, fp16, int8"):
         plan(_workspace(tmp_path / "b", "[deploy]\nvariant = 'int4'\n"))
 

@@ -71,6 +71,10 @@ _KEYS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 #: Keys that name a file of the workspace (relative paths are taken from its folder).
 _PATHS = {("train", "init"), ("export", "triton_repo")}
+#: Keys that may name a file of the workspace, or a camera or URL: a relative path is
+#: taken from the workspace's folder when it is there. (``[run] source`` is not one:
+#: it is a path on the agent's machine.)
+_MAYBE_PATHS = {("capture", "source"), ("run", "actions")}
 _SECRETS = {"token", "password", "secret"}
 
 
@@ -212,7 +216,10 @@ def flags(name: str, table: Mapping[str, Any], root: Path) -> list[str]:
             out.append(flag if value else f"--no-{key.replace('_', '-')}")
         elif kind == "value":
             text = str(value)
-            if (name, key) in _PATHS and not Path(text).is_absolute():
+            relative = not Path(text).is_absolute()
+            if relative and (
+                (name, key) in _PATHS or ((name, key) in _MAYBE_PATHS and (root / text).exists())
+            ):
                 text = str(root / text)
             out += [flag, text]
     return out

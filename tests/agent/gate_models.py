@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,4 +61,34 @@ def gate_npz(*, classes: tuple[str, ...] = ("bright", "dark"), n: int = 6) -> by
     y = np.array([0] * n + [1] * n, np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y, classes=np.array(classes))
+    return buffer.getvalue()
+
+
+def zero_bomb(*, rows: int = 683, side: int = 1024) -> bytes:
+    """A real np.savez_compressed-style .npz whose x is ``rows``×3×side×side zeros (2 GiB
+    by default) in a few MiB: written in 1 MiB chunks, never whole in memory."""
+    x_header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        x_header, {"descr": "|u1", "fortran_order": False, "shape": (rows, 3, side, side)}
+    )
+    small = io.BytesIO()
+    np.savez_compressed(small, y=np.zeros(rows, np.int64), classes=np.array(LABELS))
+    buffer = io.BytesIO()
+    chunk = bytes(1 << 20)
+    left = rows * 3 * side * side
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            member.write(x_header.getvalue())
+            while left > 0:
+                member.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+        with zipfile.ZipFile(small) as rest:
+            for name in rest.namelist():
+                archive.writestr(name, rest.read(name))
+    return buffer.getvalue()
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.agent.gate_models import dark_bright, gate_npz
+from tests.agent.gate_models import dark_bright, gate_npz, npz, zero_bomb
 from tests.helpers import RunningAgent, agent_in_thread
 
 TOKEN = "gate-token-123"
@@ -144,3 +145,80 @@ def test_gate_data_upload_is_guarded_checked_and_never_unpickled(agent: RunningA
     garbage = _deploy(agent, model, gate=_send_gate(agent, b"not a zip").json()["gate"])
     assert garbage.status_code == 400 and "not a readable .npz" in garbage.text
     assert _versions(agent) == []
+
+
+def test_a_zip_bomb_is_refused_from_its_headers_without_unpacking(
+    agent: RunningAgent, tmp_path: Path
+) -> None:
+    good = dark_bright(tmp_path / "good.onnx")
+    assert _deploy(agent, good).status_code == 201
+    bomb = zero_bomb()  # 2 GiB of zeros declared, a few MiB sent
+    assert len(bomb) < 16 << 20
+    tracemalloc.start()
+    try:
+        answer = _gated(agent, good, bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == (
+        "gate data unpacks to 2049 MiB, over the 256 MiB limit; send fewer samples"
+    )
+    assert peak < 256 << 20  # the 2 GiB was never allocated
+    assert _versions(agent) == [1] and agent.agent.serving.served_version("db") == 1
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((2, 2, 4, 4), np.uint8)}, "must be 1 or 3 channels of at most 1024×1024"),
+        (
+            {"x": np.zeros((1, 1, 1025, 1), np.uint8), "y": np.zeros(1, np.int64)},
+            "got [1, 1025, 1]",
+        ),
+        (
+            {"x": np.zeros((20_001, 1, 1, 1), np.uint8), "y": np.zeros(20_001, np.int64)},
+            "has 20001 samples; send 1..20000",
+        ),
+        ({"x": np.zeros((2, 1, 4, 4), np.float32)}, "must be uint8 x N×C×H×W"),
+        ({"y": np.zeros(2, np.int64)[None]}, "and int64 y of N"),
+        ({"classes": np.array([1, 2])}, "classes must be a list of names"),
+    ],
+)
+def test_gate_headers_are_checked_before_loading(
+    agent: RunningAgent,
+    tmp_path: Path,
+    arrays: dict[str, np.ndarray],
+    message: str,
+) -> None:
+    base: dict[str, np.ndarray] = {
+        "x": np.zeros((2, 1, 4, 4), np.uint8),
+        "y": np.zeros(2, np.int64),
+        "classes": np.array(["dark", "bright"]),
+    }
+    answer = _gated(agent, dark_bright(tmp_path / "good.onnx"), npz(**(base | arrays)))
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    assert _versions(agent) == []
+
+
+def test_int32_labels_are_accepted(agent: RunningAgent, tmp_path: Path) -> None:
+    body = npz(x=np.zeros((2, 1, 4, 4), np.uint8), y=np.ones(2, np.int32) * 0,
+               classes=np.array(["dark", "bright"]))  # fmt: skip
+    answer = _gated(agent, dark_bright(tmp_path / "good.onnx"), body, min_accuracy="1")
+    assert answer.status_code == 201, answer.text
+
+
+def test_a_refused_first_upload_is_not_served_after_a_restart(tmp_path: Path) -> None:
+    bad = dark_bright(tmp_path / "bad.onnx", good=False)
+    body = {"inputs": [{"name": "input_0", "datatype": "FP32", "shape": [1, 1, 4, 4],
+                        "data": [0.0] * 16}]}  # fmt: skip
+    with agent_in_thread(tmp_path / "data", token=TOKEN) as first:
+        refused = _gated(first, bad, min_accuracy="0.75")
+        assert refused.status_code == 422
+        assert refused.json()["error"].endswith(
+            "; version 1 deleted (with no 'production' alias a restart would serve it)"
+        )
+    with agent_in_thread(tmp_path / "data", token=TOKEN) as again:
+        infer = httpx.post(_url(again, "/v2/models/db/infer"), json=body, timeout=10)
+        assert infer.status_code == 404, infer.text
+        assert _versions(again) == []

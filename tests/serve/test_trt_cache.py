@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import stat
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -31,7 +35,7 @@ KEY = EngineKey(model_sha256="ab" * 32, trt_version="10.3.0", precision="fp16",
 
 
 def test_every_part_of_the_key_gives_its_own_folder() -> None:
-    changes = [{"model_sha256": "cd" * 32}, {"trt_version": "8.6.2"}, {"precision": "fp32"},
+    changes: list[dict[str, Any]] = [{"model_sha256": "cd" * 32}, {"trt_version": "8.6.2"}, {"precision": "fp32"},
                {"gpu": "Xavier sm72"}, {"max_batch": 8}]  # fmt: skip
     folders = {KEY.folder()} | {dataclasses.replace(KEY, **c).folder() for c in changes}
     assert len(folders) == 1 + len(changes)
@@ -61,8 +65,9 @@ def test_provider_options_cache_engines_and_profile_the_batch(tmp_path: Path) ->
 
 
 def test_an_unwritable_cache_says_so_once_and_falls_back(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     blocker = tmp_path / "file"
     blocker.write_text("")  # a folder cannot be made under a file, even by root
     with caplog.at_level(logging.WARNING, "edgewire.serve.backends.trt_cache"):
@@ -71,6 +76,34 @@ def test_an_unwritable_cache_says_so_once_and_falls_back(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "is not writable" in lines[0] and str(root) in lines[0]
     assert usable_cache_root(tmp_path / "ok") == tmp_path / "ok"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "open folder"])
+def test_the_fallback_is_never_a_folder_someone_else_planted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    shared = tmp_path / "tmp"  # stands for /tmp, where anyone may create the name first
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    name = shared / f"edgewire-trt-{os.getuid()}"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    if planted == "symlink":
+        name.symlink_to(theirs)
+    else:
+        name.mkdir(mode=0o777)
+        name.chmod(0o777)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    root = usable_cache_root(blocker / "trt")
+    assert root.parent == shared and root != name and not root.is_symlink()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and root.stat().st_uid == os.getuid()
+    assert not list(theirs.iterdir())
+    # A folder it made itself is private, and used again next time.
+    name.unlink() if planted == "symlink" else name.rmdir()
+    first = usable_cache_root(blocker / "trt")
+    assert first == name and stat.S_IMODE(name.stat().st_mode) == 0o700
+    assert usable_cache_root(blocker / "trt") == name
 
 
 def test_precision_is_read_from_the_model(tmp_path: Path) -> None:
@@ -88,7 +121,31 @@ def test_build_states() -> None:
     with pytest.raises(RuntimeError), builds.building("m", key="k", cached=True):
         raise RuntimeError("out of memory")
     failed = builds.get("m")
-    assert failed is not None and failed["state"] == "failed" and failed["error"] == "out of memory"
+    assert failed is not None and failed["state"] == "failed"
+    assert failed["error"] == "RuntimeError: engine build failed; see the agent's log"
+
+
+def test_a_failed_build_shows_no_path_to_an_unauthenticated_peer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgewire.serve.backends.trt_cache import BUILDS
+
+    linear_model(tmp_path / "m.onnx")
+    secret = "/srv/private/models/m.onnx: TensorRT input node not supported"
+    with agent_in_thread(tmp_path / "d") as agent, caplog.at_level(logging.WARNING):
+        assert upload(agent, tmp_path / "m.onnx", name="leaky").status_code == 201
+
+        def build() -> None:
+            with BUILDS.building("leaky", key="k", cached=False):
+                raise RuntimeError(secret)
+
+        with pytest.raises(RuntimeError):
+            agent.agent.serving.loader.submit(build).result(10)
+        meta = httpx.get(f"http://127.0.0.1:{agent.http}/v2/models/leaky", timeout=10)
+    engine = meta.json()["edgewire"]["engine"]
+    assert engine["error"] == "RuntimeError: engine build failed; see the agent's log"
+    assert "/srv/private" not in meta.text
+    assert any(secret in r.getMessage() for r in caplog.records)  # the log has it all
 
 
 @pytest.mark.skipif(TRT_PROVIDER in ort.get_available_providers(), reason="TensorRT present")
@@ -158,3 +215,29 @@ def test_build_state_shows_in_metadata_and_metrics_and_a_busy_loader_keeps_answe
         assert meta["edgewire"]["engine"]["state"] == "ready"
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert 'edgewire_engine_building{model="engine-test"} 0.0' in metrics
+
+
+def test_engines_of_models_no_version_has_are_pruned_with_the_versions(tmp_path: Path) -> None:
+    import asyncio
+    import hashlib
+    import time
+
+    linear_model(tmp_path / "m.onnx")
+    sha = hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()
+    with agent_in_thread(tmp_path / "d") as agent:
+        assert upload(agent, tmp_path / "m.onnx", name="m").status_code == 201
+        cache = agent.config.data_dir / "trt"
+        stored = cache / dataclasses.replace(KEY, model_sha256=sha).folder()
+        gone = cache / KEY.folder()  # a model no version has (its versions were deleted)
+        fresh = cache / dataclasses.replace(KEY, model_sha256="cd" * 32).folder()
+        for folder in (stored, gone, fresh):
+            folder.mkdir(parents=True)
+            (folder / "TensorrtExecutionProvider_TRTKernel_graph_0.engine").write_bytes(b"x")
+        (cache / "TensorrtExecutionProvider_cache_sm87.timing").write_bytes(b"t")
+        old = time.time() - 2 * 3600
+        for folder in (stored, gone):
+            os.utime(folder, (old, old))
+        asyncio.run_coroutine_threadsafe(agent.agent.serving.prune(), agent.loop).result(30)
+    assert stored.is_dir() and not gone.exists()
+    assert fresh.is_dir()  # it may be a build in progress: left for the next prune
+    assert (cache / "TensorrtExecutionProvider_cache_sm87.timing").is_file()

@@ -5,8 +5,10 @@ enough before its alias moves.
 
 The file is streamed under a cap, checked against its sha256 and kept as
 ``DATA_DIR/gate/<sha256>.npz`` until an upload that names it (``gate=<sha256>``) uses it.
-It is read with ``allow_pickle=False``; its classes are matched by name against the
-model's ``labels``, so a folder sorted differently still scores right.
+Before any array is read, the zip's declared sizes and each ``.npy`` header (dtype,
+shape) are checked, so a compressed file that unpacks to gigabytes is refused without
+allocating them. It is read with ``allow_pickle=False``; its classes are matched by
+name against the model's ``labels``, so a folder sorted differently still scores right.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,9 +26,12 @@ from edgewire.errors import ConfigError, DataError, GateRefused
 from edgewire.serve.model import ModelVersion
 
 GATE_DIR = "gate"
-#: The largest gate file accepted, and the most samples scored from one.
+#: The largest gate file accepted (compressed), what it may unpack to, and the most
+#: samples scored from one; images are N×C×H×W with C 1 or 3 and H, W up to MAX_GATE_SIDE.
 MAX_GATE_BYTES = 64 << 20
+MAX_GATE_UNPACKED = 256 << 20
 MAX_GATE_ROWS = 20_000
+MAX_GATE_SIDE = 1024
 #: Gate files kept at once (each is used by one upload, then removed).
 MAX_GATE_FILES = 16
 if TYPE_CHECKING:
@@ -77,24 +82,73 @@ def _number(raw: str | None, what: str, low: float, high: float) -> float | None
     return value
 
 
+def check_gate_file(path: Path) -> None:
+    """Refuse, from the zip directory and the .npy headers alone, a gate file that does
+    not hold uint8 x (N×C×H×W), int y of N and str classes within the caps."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {i.filename: i for i in archive.infolist()}
+            unpacked = sum(i.file_size for i in members.values())
+            if unpacked > MAX_GATE_UNPACKED:
+                raise DataError(f"gate data unpacks to {unpacked >> 20} MiB, over the "
+                                f"{MAX_GATE_UNPACKED >> 20} MiB limit; send fewer samples")  # fmt: skip
+            if not {"x.npy", "y.npy", "classes.npy"} <= set(members):
+                raise DataError("gate data needs arrays x, y and classes")
+            headers = {}
+            for key in ("x", "y", "classes"):
+                info = members[f"{key}.npy"]
+                with archive.open(info) as member:
+                    headers[key] = _npy_header(member, key, declared=info.file_size)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"gate data is not a readable .npz without pickles: {exc}") from None
+    (x_shape, x_dtype), (y_shape, y_dtype), (c_shape, c_dtype) = headers.values()
+    if (
+        x_dtype != np.uint8
+        or len(x_shape) != 4
+        or y_dtype not in (np.int64, np.int32)
+        or (y_shape != x_shape[:1])
+    ):
+        raise DataError(f"gate data must be uint8 x N×C×H×W and int64 y of N, got "
+                        f"{x_dtype} {list(x_shape)} and {y_dtype} {list(y_shape)}")  # fmt: skip
+    if not 1 <= x_shape[0] <= MAX_GATE_ROWS:
+        raise DataError(f"gate data has {x_shape[0]} samples; send 1..{MAX_GATE_ROWS}")
+    if x_shape[1] not in (1, 3) or max(x_shape[2:]) > MAX_GATE_SIDE:
+        raise DataError(f"gate images must be 1 or 3 channels of at most {MAX_GATE_SIDE}×"
+                        f"{MAX_GATE_SIDE}, got {list(x_shape[1:])}")  # fmt: skip
+    if c_dtype.kind != "U" or len(c_shape) != 1 or not 1 <= c_shape[0] <= MAX_GATE_ROWS:
+        raise DataError("gate data's classes must be a list of names")
+
+
+def _npy_header(
+    member: IO[bytes], key: str, *, declared: int
+) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """(shape, dtype) from the header of one .npy member, its data left unread."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"unsupported .npy version {version} for {key!r}")
+    if dtype.hasobject:
+        raise DataError(f"gate data's {key!r} holds Python objects; it is read without pickles")
+    if fortran or any(d < 0 for d in shape):
+        raise DataError(f"gate data's {key!r} must be a C-ordered array")
+    if math.prod(shape) * dtype.itemsize > declared:
+        raise DataError(f"gate data's {key!r} is shorter than its header says")
+    return tuple(shape), dtype
+
+
 def read_gate_data(path: Path, labels: tuple[str, ...] | None, version: ModelVersion) -> Dataset:
     """The samples at ``path`` as a Dataset, classes renumbered to the model's ``labels``."""
     from edgewire.data.datasets import Dataset
 
+    check_gate_file(path)  # before anything is allocated
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not {"x", "y", "classes"} <= set(npz.files):
-                raise DataError("gate data needs arrays x, y and classes")
-            x, y, classes = npz["x"], npz["y"], npz["classes"]
+            x, y, classes = npz["x"], npz["y"].astype(np.int64), npz["classes"]
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"gate data is not a readable .npz without pickles: {exc}") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or y.shape != (len(x),):
-        raise DataError(f"gate data must be uint8 x N×C×H×W and int64 y of N, got "
-                        f"{x.dtype} {list(x.shape)} and {y.dtype} {list(y.shape)}")  # fmt: skip
-    if not 1 <= len(x) <= MAX_GATE_ROWS:
-        raise DataError(f"gate data has {len(x)} samples; send 1..{MAX_GATE_ROWS}")
-    if classes.dtype.kind != "U" or classes.ndim != 1 or not len(classes):
-        raise DataError("gate data's classes must be a list of names")
     if y.min() < 0 or y.max() >= len(classes):
         raise DataError(f"gate data's y must be in 0..{len(classes) - 1}")
     names = [str(c) for c in classes]

@@ -153,8 +153,9 @@ async def _serves(store: Any, name: str, alias: str) -> bool:
 
 
 async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
-    """Score ``version`` and the served one on the gate data; a refused version stays
-    stored (not served, no alias moved), so it can still be activated by hand."""
+    """Score ``version`` and the served one on the gate data. A refused version stays
+    stored (not served, no alias moved), so it can still be activated by hand, unless a
+    restart would serve it (the model has no ``production`` alias): then it is deleted."""
     served = serving.served_version(version.name)
     store = serving.store
     current = None if served is None else await asyncio.to_thread(store.get, version.name, served)
@@ -163,12 +164,21 @@ async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
         new_acc, cur_acc = await loop.run_in_executor(serving.loader, score, gate, version, current)
     except GateRefused as exc:
         log.warning("%s", exc)
+        default = await asyncio.to_thread(store.resolve, version.name)
+        if default.version != version.version:
+            raise GateRefused(
+                f"{exc.message}; stored as version {version.version}, not served"
+            ) from None
+        await asyncio.to_thread(store.delete, version.name, version.version)
         raise GateRefused(
-            f"{exc.message}; stored as version {version.version}, not served"
+            f"{exc.message}; version {version.version} deleted (with no "
+            f"{DEFAULT_ALIAS!r} alias a restart would serve it)"
         ) from None
-    except EdgewireError:  # bad gate data or a model it cannot score: nothing changes
+    except (EdgewireError, MemoryError) as exc:  # bad gate data or a model it cannot score
         with contextlib.suppress(EdgewireError):
             await asyncio.to_thread(store.delete, version.name, version.version)
+        if isinstance(exc, MemoryError):
+            raise DataError("gate data too large to score in this agent's memory") from None
         raise
     finally:
         gate.data.unlink(missing_ok=True)  # each gate file is for one upload

@@ -265,10 +265,24 @@ class Serving:
             pruned = await asyncio.to_thread(
                 self.store.prune, unused_for=self.config.unused_version_ttl_s, keep=keep
             )
+            await asyncio.to_thread(self._prune_engines)
         for name, version in pruned:
             log.info("pruned %s version %s: no alias pointed at it for %.0f s", name, version,
                      self.config.unused_version_ttl_s)  # fmt: skip
         return pruned
+
+    def _prune_engines(self) -> None:
+        """Remove TensorRT engines of models no stored version is (trt_cache.prune_engines)."""
+        from edgewire.serve.backends.trt_cache import prune_engines
+
+        try:
+            models = {v.sha256 for name in self.store.names() for v in self.store.versions(name)}
+        except EdgewireError:  # a version it cannot read may be one whose engines these are
+            return
+        caches = {self.config.data_dir / "trt", self.runtime.trt_cache_dir or Path()} - {Path()}
+        for cache in sorted(caches):
+            for folder in prune_engines(cache, models=models, min_age_s=PRUNE_EVERY_S):
+                log.info("pruned TensorRT engines %s: no stored version has that model", folder)
 
     async def _prune_logged(self) -> None:
         try:

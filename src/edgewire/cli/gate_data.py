@@ -2,7 +2,9 @@
 
 ``--gate-data`` is a workspace (its ``dataset/test``), a train/val/test folder (its
 ``test``) or a plain image folder, resized to the model's input size (its
-``edgewire.input_size`` metadata, else its input shape).
+``edgewire.input_size`` metadata, else its input shape). The file is compressed and
+kept within the agent's caps (agent/gate.py): when the images do not all fit, the same
+number of each class is sent, the first of each in file order, and one line says so.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgewire.agent.gate import MAX_GATE_BYTES, MAX_GATE_ROWS, MAX_GATE_UNPACKED
 from edgewire.errors import ConfigError, DataError
-
-#: Samples sent at most (the agent refuses more); a class-balanced subset beyond.
-MAX_SAMPLES = 5000
 
 
 def model_input_size(model: Path) -> tuple[int, int, int]:
@@ -40,8 +40,12 @@ def model_input_size(model: Path) -> tuple[int, int, int]:
     return dims[1], dims[2], dims[3]
 
 
-def pack_gate_data(source: Path, model: Path) -> tuple[bytes, int]:
-    """(the .npz bytes, how many samples) for ``source`` at ``model``'s input size."""
+def pack_gate_data(
+    source: Path, model: Path, *, max_bytes: int = MAX_GATE_BYTES
+) -> tuple[bytes, int]:
+    """(the compressed .npz bytes, how many samples) for ``source`` at ``model``'s input
+    size: all of them, or the most of a class-balanced subset that fit ``max_bytes``."""
+    from edgewire.cli.common import err_console
     from edgewire.data.datasets import load_dataset
 
     c, h, w = model_input_size(model)
@@ -55,8 +59,6 @@ def pack_gate_data(source: Path, model: Path) -> tuple[bytes, int]:
     if (folder / "test").is_dir():  # a train/val/test layout: its test images, by class
         folder = folder / "test"
     data = load_dataset(str(folder), image_size=h)
-    if len(data) > MAX_SAMPLES:
-        data = data.subset(MAX_SAMPLES)
     x = data.x
     if x.shape[1] != c:
         if c == 1 and x.shape[1] == 3:  # the model is grey: as training converts colour
@@ -65,7 +67,55 @@ def pack_gate_data(source: Path, model: Path) -> tuple[bytes, int]:
             raise DataError(
                 f"--gate-data images have {x.shape[1]} channels; {model.name} takes {c}"
             )
+    y, classes = data.y.astype(np.int64), np.array(data.classes, dtype=str)
+    order = balanced_order(y)
+    # What the agent unpacks: the arrays, plus a little for the .npy headers.
+    room = (MAX_GATE_UNPACKED - classes.nbytes - 4096) // (x[0].nbytes + 8)
+    n, why = len(y), ""
+    for limit, reason in ((MAX_GATE_ROWS, f"the agent scores at most {MAX_GATE_ROWS}"),
+                          (room, f"the most that unpack within {_size(MAX_GATE_UNPACKED)}")):  # fmt: skip
+        if limit < n:
+            n, why = _even(limit, y), reason
+    while True:
+        pick = np.sort(order[:n])
+        body = _npz(x[pick], y[pick], classes)
+        if len(body) <= max_bytes:
+            break
+        n2 = _even(min(n - 1, int(n * max_bytes / len(body) * 0.98)), y)  # compression varies
+        if n2 < 1:
+            raise DataError(f"one gate image is over {_size(max_bytes)} compressed")
+        n, why = n2, f"the most that fit {_size(max_bytes)}"
+    if n < len(y):
+        err_console.print(f"gate: {n} of {len(y)} test images ({why})", highlight=False)
+    return body, n
+
+
+def balanced_order(y: np.ndarray) -> np.ndarray:
+    """Indices taking each class's samples in turn (file order within a class): any
+    prefix holds the same number of each class, until a class runs out."""
+    by_class = np.argsort(y, kind="stable")
+    counts = np.bincount(y)
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[by_class] = np.arange(len(y)) - starts[y[by_class]]
+    order: np.ndarray = np.lexsort((y, rank))
+    return order
+
+
+def _even(n: int, y: np.ndarray) -> int:
+    """``n`` rounded down to the same count of each class, while each class has that many."""
+    counts = np.bincount(y)
+    k = int(np.count_nonzero(counts))
+    if k <= n <= k * int(counts[counts > 0].min()):
+        return n - n % k
+    return n
+
+
+def _npz(x: np.ndarray, y: np.ndarray, classes: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.ascontiguousarray(x), y=data.y.astype(np.int64),
-             classes=np.array(data.classes, dtype=str))  # fmt: skip
-    return buffer.getvalue(), len(data)
+    np.savez_compressed(buffer, x=np.ascontiguousarray(x), y=y, classes=classes)
+    return buffer.getvalue()
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"

@@ -20,6 +20,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -98,14 +100,35 @@ def usable_cache_root(preferred: Path) -> Path:
         probe.unlink()
         return preferred
     except OSError as exc:
-        fallback = Path(tempfile.gettempdir()) / f"edgewire-trt-{os.getuid()}"
-        fallback.mkdir(mode=0o700, exist_ok=True)
+        fallback = _private_folder(Path(tempfile.gettempdir()) / f"edgewire-trt-{os.getuid()}")
         log.warning(
             "TensorRT engine cache %s is not writable (%s); engines go to %s, "
             "which may not survive a reboot",
             preferred, exc.strerror or exc, fallback,
         )  # fmt: skip
         return fallback
+
+
+def _private_folder(path: Path) -> Path:
+    """``path`` if it is a real folder of ours that no one else can write (made 0700 if
+    absent); else a fresh ``mkdtemp`` folder. A shared temp dir lets anyone create that
+    name first, as a symlink or an open folder, to plant or read engines."""
+    with contextlib.suppress(OSError):  # there already, or not ours to make: checked next
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # what the umask took away
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if (
+        st is not None
+        and stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.getuid()
+        and stat.S_IMODE(st.st_mode) == 0o700
+    ):
+        return path
+    log.warning("%s is not a private folder of this user; using a new one instead", path)
+    return Path(tempfile.mkdtemp(prefix="edgewire-trt-"))
 
 
 def trt_provider_options(
@@ -150,6 +173,26 @@ def has_engine(cache: Path, key: EngineKey) -> bool:
     return folder.is_dir() and any(p.suffix == ".engine" for p in folder.iterdir())
 
 
+_ENGINE_FOLDER = re.compile(r"^([0-9a-f]{12})-trt")
+
+
+def prune_engines(cache: Path, *, models: set[str], min_age_s: float) -> list[str]:
+    """Remove engine folders in ``cache`` of models (sha256) none of ``models`` is, left
+    alone for ``min_age_s`` (a build in progress writes into its folder); the names gone."""
+    if not cache.is_dir():
+        return []
+    kept = {sha[:12] for sha in models}
+    now, gone = time.time(), []
+    for folder in sorted(cache.iterdir()):
+        match = _ENGINE_FOLDER.match(folder.name)
+        if match is None or match.group(1) in kept or folder.is_symlink() or not folder.is_dir():
+            continue
+        if now - folder.stat().st_mtime > min_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder.name)
+    return gone
+
+
 @dataclasses.dataclass
 class EngineBuild:
     state: str = "pending"  # pending | building | ready | failed
@@ -185,10 +228,13 @@ class EngineBuilds:
         try:
             yield
         except BaseException as exc:
+            # GET /v2/models/{name} needs no token: its text (paths, ONNX Runtime's
+            # message) goes to the log only.
+            shown = f"{type(exc).__name__}: engine build failed; see the agent's log"
             with self._lock:
-                build.state, build.finished, build.error = "failed", time.time(), str(exc)[:200]
-            log.warning("%s: TensorRT engine build failed after %.1f s",
-                        name, build.finished - (build.started or 0))  # fmt: skip
+                build.state, build.finished, build.error = "failed", time.time(), shown
+            log.warning("%s: TensorRT engine build failed after %.1f s: %s",
+                        name, build.finished - (build.started or 0), exc)  # fmt: skip
             raise
         with self._lock:
             build.state, build.finished = "ready", time.time()

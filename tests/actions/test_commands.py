@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
-from edgewire.actions.commands import run_command
+from edgewire.actions.commands import CommandResult, run_command
 
 
 def test_an_argv_runs_without_a_shell(tmp_path: Path) -> None:
@@ -57,3 +58,31 @@ def test_the_environment_is_what_is_given() -> None:
     env = {"EDGEWIRE_CLASS": "cat", "PATH": "/usr/bin:/bin"}
     result = run_command([sys.executable, "-c", code], timeout_s=10, env=env)
     assert result.output.strip() == "['EDGEWIRE_CLASS']"
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie waiting for its new parent counts as ended)."""
+    for _ in range(250):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_child_left_holding_the_output_does_not_outlive_the_command() -> None:
+    # The shell exits at once; its background sleep keeps the pipe open and would keep
+    # the caller waiting 30 s if the group were not killed with its leader.
+    box: dict[str, CommandResult] = {}
+    argv = ["/bin/sh", "-c", "sleep 30 & echo $!; echo hi"]
+    worker = threading.Thread(target=lambda: box.update(r=run_command(argv, timeout_s=1)))
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "run_command waited on the background child"
+    result = box["r"]
+    pid_line, hi = result.output.split()
+    assert hi == "hi" and result.returncode == 0
+    assert _gone(int(pid_line)), f"the background child {pid_line} outlived the command"

@@ -115,3 +115,13 @@ def test_the_example_of_docs_run_md_is_a_valid_actions_file(tmp_path: Path) -> N
     actions = load_actions(path).for_labels(["0", "1", "2"])
     assert {k: v.pin for k, v in actions.classes.items()} == {"0": 12, "1": 16, "2": 18}
     assert actions.classes["1"].command is not None and actions.classes["2"].post is not None
+
+
+def test_the_source_allow_list_comes_from_env_or_the_flag(tmp_path: Path) -> None:
+    from edgewire.config import AgentConfig, load_config
+
+    env = {"EDGEWIRE_RUN_SOURCE_ALLOW": f"{tmp_path},rtsp://10.0.0.7:554/live"}
+    got = load_config(AgentConfig, flags={}, environ=env)
+    assert got.run_source_allow == {str(tmp_path), "rtsp://10.0.0.7:554/live"}
+    flag = load_config(AgentConfig, flags={"run_source_allow": "/srv/a"}, environ=env)
+    assert flag.run_source_allow == {"/srv/a"}

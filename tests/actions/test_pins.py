@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from edgewire.actions import pins as pins_module
 from edgewire.actions.pins import SimPins, Transition, open_pins
-from edgewire.errors import DependencyMissing
+from edgewire.errors import ConfigError, DependencyMissing
+from tests.actions.live_model import jetson_library
 
 
 def test_sim_pins_record_every_transition_and_go_low() -> None:
@@ -55,4 +59,34 @@ def test_every_open_backend_goes_low_at_exit() -> None:
     pins.write(16, 1)
     pins_module._all_low_at_exit()
     assert pins.levels == {12: 0, 16: 0}
+    pins.close()
+
+
+@pytest.fixture
+def jetson_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("Jetson.GPIO", "Jetson"):
+        sys.modules.pop(name, None)
+
+
+def test_auto_on_a_jetson_reports_a_bad_pin_instead_of_simulating(jetson_path: Path) -> None:
+    jetson_library(jetson_path, (
+        "BOARD, OUT, LOW, HIGH = 10, 0, 0, 1\n"
+        "def setwarnings(flag): pass\n"
+        "def setmode(mode): pass\n"
+        "def setup(channels, direction, initial=0):\n"
+        "    raise ValueError(f'Channel {channels[0]} is invalid')\n"
+    ))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"BOARD pins \[7\]: Channel 7 is invalid"):
+        open_pins("auto", [7])
+
+
+def test_auto_off_a_jetson_falls_back_to_sim(jetson_path: Path) -> None:
+    # What Jetson.GPIO does at import on anything but a Jetson.
+    jetson_library(
+        jetson_path, "raise RuntimeError('The current user does not have permissions')\n"
+    )
+    pins = open_pins("auto", [12])
+    assert pins.kind == "sim"
     pins.close()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import httpx
 import pytest
 
 from edgewire.actions.post import allowed, check_allowed, post_json
@@ -56,10 +57,41 @@ def hook() -> Iterator[str]:
         ("http://a.example/x", True),
         ("http://a.example.evil/x", False),
         ("http://[::1", False),
+        # httpx sends /admin for this: the path is compared as sent, and refused anyway.
+        ("http://10.0.0.5:8080/hooks/../admin", False),
+        ("http://10.0.0.5:8080/hooks/x/../seen", False),
+        ("http://10.0.0.5:8080/hooks/%2e%2e/admin", False),
+        ("http://10.0.0.5:8080/hooks/%2E%2E%2Fadmin", False),
+        ("http://10.0.0.5:8080/hooks%2fseen", False),
+        ("http://10.0.0.5:80800/hooks/seen", False),
+        ("HTTP://10.0.0.5:8080/hooks/seen", True),
     ],
 )
 def test_the_allow_list_matches_origin_and_path_prefix(url: str, ok: bool) -> None:
     assert allowed(url, ["http://10.0.0.5:8080/hooks/", "http://a.example"]) is ok
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("http://10.0.0.5:8080/hooks", True),
+        ("http://10.0.0.5:8080/hooks/seen", True),
+        ("http://10.0.0.5:8080/hooksX", False),
+        ("http://10.0.0.5:80800/hooks", False),
+        ("http://10.0.0.5:808/hooks", False),
+        ("http://10.0.0.5/hooks", False),
+    ],
+)
+def test_an_entry_without_a_trailing_slash_matches_at_a_slash(url: str, ok: bool) -> None:
+    assert allowed(url, ["http://10.0.0.5:8080/hooks"]) is ok
+
+
+async def test_a_dot_dot_path_never_reaches_the_path_it_names(hook: str) -> None:
+    # What the allow-list saw is what would have been sent: /admin, not /allowed/.
+    url = hook + "/allowed/../admin"
+    assert httpx.URL(url).path == "/admin"
+    with pytest.raises(NotAllowed):
+        check_allowed(url, [hook + "/allowed/"])
 
 
 def test_a_url_off_the_list_is_refused_naming_the_fix() -> None:

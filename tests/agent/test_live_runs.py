@@ -3,6 +3,7 @@ sim pins follow it; a model swap mid-run; stop; refusals; the event stream and i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -18,8 +19,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from edgewire.errors import ConfigError
-from tests.actions.live_model import centroid_model, segments_video
+from edgewire.errors import ConfigError, ModelError
+from tests.actions.live_model import centroid_model, jetson_library, segments_video
 from tests.helpers import RunningAgent, agent_in_thread, upload
 
 PER_SEGMENT = 20
@@ -48,9 +49,15 @@ def agent(tmp_path: Path, media: dict[str, Path]) -> Iterator[RunningAgent]:
         f"[classes.1]\npin = 16\ncommand = {json.dumps([sys.executable, '-c', code])}\n"
     )
     with agent_in_thread(tmp_path / "data", max_queue_delay_ms=1.0, actions_file=actions,
-                         run_post_allow=frozenset({"http://127.0.0.1:9/allowed/"})) as running:  # fmt: skip
+                         run_post_allow=frozenset({"http://127.0.0.1:9/allowed/"}),
+                         run_source_allow=allow_media(media)) as running:  # fmt: skip
         assert upload(running, media["model"], name="digits").status_code == 201
         yield running
+
+
+def allow_media(media: dict[str, Path], *more: str) -> frozenset[str]:
+    """The folder of the test footage (and ``more``) as the agent's run_source_allow."""
+    return frozenset({str(media["video"].parent), *more})
 
 
 def api(agent: RunningAgent, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -172,15 +179,18 @@ def test_the_agent_file_runs_its_commands(
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        ({"source": "/no/such/video.avi"}, 400, "no such source '/no/such/video.avi'"),
+        ({"source": "{media}/no-such.avi"}, 400, "no such source '{media}/no-such.avi'"),
         ({"source": "x", "rate": 0}, 400, "rate must be a number of Hz over 0"),
         ({"source": "x", "model": "nope"}, 404, "model 'nope' is not served"),
         ({"source": "x", "colour": 1}, 400, "unknown field 'colour'"),
     ],
 )
 def test_bad_requests_are_one_clear_line(
-    agent: RunningAgent, body: dict[str, Any], status: int, words: str
+    agent: RunningAgent, media: dict[str, Path], body: dict[str, Any], status: int, words: str
 ) -> None:
+    folder = str(media["video"].parent)
+    body = {k: v.replace("{media}", folder) if isinstance(v, str) else v for k, v in body.items()}
+    words = words.replace("{media}", folder)
     answer = api(agent, "POST", "/api/runs", json={"model": "digits", **body})
     assert answer.status_code == status, answer.text
     assert words in answer.json()["error"] and "\n" not in answer.json()["error"]
@@ -220,7 +230,8 @@ def test_runs_need_the_token(tmp_path: Path) -> None:
 def test_an_agent_that_stops_lowers_the_pins_of_its_runs(
     tmp_path: Path, media: dict[str, Path]
 ) -> None:
-    with agent_in_thread(tmp_path / "data", max_queue_delay_ms=1.0, max_live_runs=1) as running:
+    with agent_in_thread(tmp_path / "data", max_queue_delay_ms=1.0, max_live_runs=1,
+                         run_source_allow=allow_media(media)) as running:  # fmt: skip
         assert upload(running, media["model"], name="digits").status_code == 201
         run_id = start(running, source=str(media["video"]), rate=25, actions=SIM, loop=True)
         wait_for(running, run_id, lambda d: 1 in d["pin_levels"].values())
@@ -259,7 +270,7 @@ class _Mjpeg(BaseHTTPRequestHandler):
 
 
 def test_a_stream_gives_its_newest_frame_and_drops_the_rest(
-    agent: RunningAgent, media: dict[str, Path]
+    tmp_path: Path, media: dict[str, Path]
 ) -> None:
     from edgewire.project.footage import frames
 
@@ -273,9 +284,18 @@ def test_a_stream_gives_its_newest_frame_and_drops_the_rest(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/stream"
-        run_id = start(agent, source=url, rate=10, actions=SIM, max_frames=8)
-        summary = events(agent, run_id)[-1][2]
+        camera = f"http://127.0.0.1:{server.server_address[1]}"
+        url = camera + "/stream"
+        with agent_in_thread(tmp_path / "data", max_queue_delay_ms=1.0,
+                             run_source_allow=frozenset({camera + "/stream"})) as agent:  # fmt: skip
+            assert upload(agent, media["model"], name="digits").status_code == 201
+            # Same host, another port or path: not the camera the owner named.
+            for other in (camera + "/streams", camera + "/stream/../admin",
+                          f"http://127.0.0.1:{server.server_address[1] + 1}/stream"):  # fmt: skip
+                refused = api(agent, "POST", "/api/runs", json={"model": "digits", "source": other})
+                assert refused.status_code == 403, (other, refused.text)
+            run_id = start(agent, source=url, rate=10, actions=SIM, max_frames=8)
+            summary = events(agent, run_id)[-1][2]
     finally:
         _Mjpeg.closing.set()
         server.shutdown()
@@ -284,3 +304,165 @@ def test_a_stream_gives_its_newest_frame_and_drops_the_rest(
     assert (summary["state"], summary["frames"]) == ("finished", 8)
     assert summary["per_class"] == {"1": 8}
     assert summary["source_dropped"] > 0  # the stream is faster than 10 Hz
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/etc/hostname",
+        "{media}/../outside.avi",
+        "{media}/escape.avi",  # a symlink out of the allowed folder
+        "http://169.254.169.254/latest/meta-data/",
+        "rtsp://127.0.0.1:8554/internal",
+        "file:///etc/hostname",
+    ],
+)
+def test_a_source_off_the_allow_list_is_refused(
+    agent: RunningAgent, media: dict[str, Path], source: str
+) -> None:
+    folder = media["video"].parent
+    escape = folder / "escape.avi"
+    if not escape.is_symlink():
+        escape.symlink_to(media["video"].parent.parent / "outside.avi")
+        (media["video"].parent.parent / "outside.avi").write_bytes(media["video"].read_bytes())
+    source = source.replace("{media}", str(folder))
+    answer = api(agent, "POST", "/api/runs", json={"model": "digits", "source": source})
+    assert answer.status_code == 403, answer.text
+    error = answer.json()["error"]
+    assert "--run-source-allow" in error and "\n" not in error
+    assert api(agent, "GET", "/api/runs").json()["runs"] == []
+
+
+def test_a_camera_needs_no_allow_entry(agent: RunningAgent) -> None:
+    # No camera here: whatever the answer, it is not the allow-list's refusal.
+    answer = api(agent, "POST", "/api/runs", json={"model": "digits", "source": "/dev/video63"})
+    assert answer.status_code != 403, answer.text
+
+
+def test_with_no_allow_list_files_are_refused(tmp_path: Path, media: dict[str, Path]) -> None:
+    with agent_in_thread(tmp_path / "data") as running:
+        assert upload(running, media["model"], name="digits").status_code == 201
+        answer = api(running, "POST", "/api/runs",
+                     json={"model": "digits", "source": str(media["video"])})  # fmt: skip
+        assert answer.status_code == 403 and "--run-source-allow" in answer.json()["error"]
+
+
+def test_a_model_scoring_nan_keeps_the_stream_going(
+    agent: RunningAgent, media: dict[str, Path], tmp_path: Path
+) -> None:
+    nan = centroid_model(tmp_path / "nan.onnx", DIGITS, count=2, nan=True)
+    assert upload(agent, nan, name="nan").status_code == 201
+    run_id = start(agent, model="nan", source=str(media["video"]), rate=50, actions=SIM,
+                   max_frames=5)  # fmt: skip
+    stream = events(agent, run_id)
+    frames = [data for _, kind, data in stream if kind == "frame"]
+    assert [f["score"] for f in frames] == [None] * 5
+    assert stream[-1][1] == "summary" and stream[-1][2]["frames"] == 5
+
+
+def test_a_looped_source_with_no_frames_ends_the_run(
+    agent: RunningAgent, media: dict[str, Path]
+) -> None:
+    empty = media["video"].parent / "empty"
+    empty.mkdir(exist_ok=True)
+    run_id = start(agent, source=str(empty), rate=50, actions=SIM, loop=True)
+    done = wait_for(agent, run_id, lambda d: d["state"] != "running")
+    assert done["state"] == "failed"
+    assert done["reason"] == f"source {str(empty)!r} gave no frames"
+
+
+@pytest.mark.parametrize(
+    ("size", "dynamic", "status"),
+    [
+        ("not json", False, 201),  # the static input shape is used instead
+        ("[3, 100000, 100000]", False, 201),
+        ("[3, 24, 32]", True, 201),
+        ("not json", True, ModelError.http_status),
+        ('["3", 24, 32]', True, ModelError.http_status),
+        ("[2, 24, 32]", True, ModelError.http_status),
+        ("[3, 100000, 100000]", True, ModelError.http_status),
+        ("[3, 24]", True, ModelError.http_status),
+    ],
+)
+def test_a_bad_input_size_falls_back_or_is_one_line(
+    agent: RunningAgent,
+    media: dict[str, Path],
+    tmp_path: Path,
+    size: str,
+    dynamic: bool,
+    status: int,
+) -> None:
+    model = centroid_model(tmp_path / "m.onnx", DIGITS, count=2, input_size=size, dynamic=dynamic)
+    assert upload(agent, model, name="sized").status_code == 201
+    answer = api(agent, "POST", "/api/runs", json={"model": "sized", "source": str(media["video"]),
+                                                   "actions": SIM, "max_frames": 2})  # fmt: skip
+    assert answer.status_code == status, answer.text
+    if status != 201:
+        error = answer.json()["error"]
+        assert "edgewire.input_size" in error and "\n" not in error
+    else:
+        done = wait_for(agent, answer.json()["id"], lambda d: d["state"] != "running")
+        assert (done["state"], done["frames"]) == ("finished", 2)
+
+
+class _SlowCamera(BaseHTTPRequestHandler):
+    """A camera that answers only once ``release`` is set: its run stays 'opening'."""
+
+    asked = threading.Event()
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # http.server's name
+        self.asked.set()
+        self.release.wait(20)
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        jpeg = _Mjpeg.jpegs[0]
+        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+        with contextlib.suppress(OSError):
+            for _ in range(3):
+                self.wfile.write(head.encode() + jpeg + b"\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_two_runs_starting_at_once_cannot_share_real_pins(
+    tmp_path: Path, media: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    jetson_library(tmp_path / "lib")
+    monkeypatch.delitem(sys.modules, "Jetson.GPIO", raising=False)
+    monkeypatch.delitem(sys.modules, "Jetson", raising=False)
+    out = io.BytesIO()
+    Image.new("RGB", (160, 120)).save(out, format="JPEG")
+    _Mjpeg.jpegs = [out.getvalue()]
+    _SlowCamera.asked.clear()
+    _SlowCamera.release.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowCamera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    camera = f"http://127.0.0.1:{server.server_address[1]}/cam"
+    real = {"run": {"pins": "jetson"}, "classes": {"0": {"pin": 12}}}
+    try:
+        with agent_in_thread(tmp_path / "data", run_source_allow=frozenset({camera})) as agent:
+            assert upload(agent, media["model"], name="digits").status_code == 201
+            body = {"model": "digits", "source": camera, "actions": real, "max_frames": 2}
+            first: dict[str, httpx.Response] = {}
+            opener = threading.Thread(
+                target=lambda: first.update(r=api(agent, "POST", "/api/runs", json=body))
+            )
+            opener.start()
+            assert _SlowCamera.asked.wait(20)  # the first run holds pin 12, opening its camera
+            second = api(agent, "POST", "/api/runs", json=body)
+            _SlowCamera.release.set()
+            opener.join(30)
+            assert first["r"].status_code == 201, first["r"].text
+            assert second.status_code == 503, second.text
+            assert "pins [12]" in second.json()["error"]
+            wait_for(agent, first["r"].json()["id"], lambda d: d["state"] != "running")
+    finally:
+        _SlowCamera.release.set()
+        server.shutdown()
+        server.server_close()
+    for name in ("Jetson.GPIO", "Jetson"):
+        sys.modules.pop(name, None)

@@ -26,10 +26,12 @@ def test_run_json_follows_the_run_to_its_summary(tmp_path: Path, start_agent: St
         '[run]\npins = "sim"\ndebounce = 2\nhold_s = 0.0\n'
         f"[classes.1]\npin = 16\ncommand = {json.dumps([sys.executable, '-c', code])}\n"
     )
-    agent = start_agent(tmp_path / "data", "--actions", str(actions))
+    agent = start_agent(tmp_path / "data", "--actions", str(actions),
+                        "--run-source-allow", f"{tmp_path / 'videos'},http://127.0.0.1:9/cam")  # fmt: skip
     on = f"127.0.0.1:{agent.ports['http']}"
     model = centroid_model(tmp_path / "digits.onnx", (0, 1, 2), count=6)
-    video = segments_video(tmp_path / "seg.avi", (0, 1, 2), per_segment=8)
+    (tmp_path / "videos").mkdir()
+    video = segments_video(tmp_path / "videos" / "seg.avi", (0, 1, 2), per_segment=8)
     deployed = edgewire("deploy", str(model), "--to", on, "--name", "digits")
     assert deployed.returncode == 0, deployed.stderr
 
@@ -67,6 +69,12 @@ def test_run_json_follows_the_run_to_its_summary(tmp_path: Path, start_agent: St
     assert stopped.returncode == 0 and f"run {run_id} stopped; every pin low" in stopped.stdout
     missing = edgewire("runs", "--on", on, "--stop", "0123456789ab")
     assert missing.returncode == 6 and "no live run '0123456789ab'" in missing.stderr
+
+    # A source off --run-source-allow: refused, one line naming the flag.
+    for source in (str(actions), "http://127.0.0.1:9/admin"):
+        refused = edgewire("run", "--on", on, "--model", "digits", "--source", source)
+        assert refused.returncode == 9, refused.stderr
+        assert "--run-source-allow" in refused.stderr and source in refused.stderr
 
 
 def test_run_refuses_a_file_with_commands(tmp_path: Path) -> None:

@@ -65,11 +65,14 @@ def run_command(
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    # The leader is gone or out of time: so is its group. A child it left behind would
+    # otherwise hold the pipe open, and the reader with it, past the timeout.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    # A process that left the group (setsid) may still hold the pipe: the reader then
+    # closes it when that one ends; what was read so far is the output.
     reader.join(timeout=1.0)
-    process.stdout.close()
     return CommandResult(
         args,
         None if timed_out else process.returncode,
@@ -81,7 +84,8 @@ def run_command(
 
 
 def _drain(stream: IO[bytes], kept: bytearray, cap: int) -> None:
-    with contextlib.suppress(OSError, ValueError):
+    # The reader closes the pipe: a close from elsewhere would wait on its read.
+    with contextlib.suppress(OSError, ValueError), stream:
         while chunk := stream.read1(65536):  # type: ignore[attr-defined]
             room = cap - len(kept)
             if room > 0:

@@ -109,7 +109,10 @@ class GpiodPins(Pins):
                 chip, consumer="edgewire", config={wanted: settings}
             )
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot drive lines {list(wanted)} of {chip}: {exc}") from exc
+            raise ConfigError(
+                f"cannot drive lines {list(wanted)} of {chip}: {exc} "
+                '(pins = "sim" in the actions file simulates them)'
+            ) from exc
         super().__init__(wanted, on_transition=on_transition)
 
     def _set(self, pin: int, level: int) -> None:
@@ -135,7 +138,10 @@ class JetsonPins(Pins):
         try:
             gpio.setup(list(wanted), gpio.OUT, initial=gpio.LOW)
         except ValueError as exc:
-            raise ConfigError(f"BOARD pins {list(wanted)}: {exc}") from exc
+            raise ConfigError(
+                f"BOARD pins {list(wanted)}: {exc} "
+                '(pins = "sim" in the actions file simulates them)'
+            ) from exc
         super().__init__(wanted, on_transition=on_transition)
 
     def _set(self, pin: int, level: int) -> None:
@@ -163,11 +169,12 @@ def open_pins(kind: str, pins: Iterable[int], *, on_transition: OnTransition | N
         return GpiodPins(wanted, on_transition=on_transition)
     if kind != "auto":
         raise ConfigError(f"pins must be auto, sim, gpiod or jetson, got {kind!r}")
-    # Jetson.GPIO raises at import on anything but a Jetson.
-    with contextlib.suppress(Exception):
+    # Only a backend that is not here (not installed, or Jetson.GPIO off a Jetson) falls
+    # back: a bad pin or a busy line on real GPIO is the user's to hear about.
+    with contextlib.suppress(DependencyMissing):
         return JetsonPins(wanted, on_transition=on_transition)
     if glob.glob("/dev/gpiochip*"):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(DependencyMissing):
             return GpiodPins(wanted, on_transition=on_transition)
     if not _said_sim:
         _said_sim = True
@@ -182,8 +189,8 @@ def _import(module: str, hint: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise DependencyMissing(f"{module} is not installed: {hint}") from exc
-    except RuntimeError as exc:  # Jetson.GPIO off a Jetson
-        raise ConfigError(f"{module} cannot run here: {exc}") from exc
+    except RuntimeError as exc:  # Jetson.GPIO off a Jetson: this hardware lacks it
+        raise DependencyMissing(f"{module} cannot run here: {exc}") from exc
 
 
 _OPEN: weakref.WeakSet[Pins] = weakref.WeakSet()

@@ -2,7 +2,8 @@
 
 An allow-list entry is a URL prefix: ``http://10.0.0.5:8080/hooks/`` admits
 ``http://10.0.0.5:8080/hooks/seen``; the scheme, host and port must match exactly
-(``http://a.example`` does not admit ``http://a.example.evil``).
+(``http://a.example`` does not admit ``http://a.example.evil``), and a path with
+``..`` or ``%2e``/``%2f`` in it is refused.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from edgewire.actions.allow import url_allowed
 from edgewire.errors import ConfigError, NotAllowed
 
 #: Bytes of the answer kept.
@@ -34,29 +35,9 @@ class PostResult:
 
 
 def allowed(url: str, allow: Iterable[str]) -> bool:
-    """Whether ``url`` starts with one of the ``allow`` prefixes, origin for origin."""
-    try:
-        target = urlsplit(url)
-        port = target.port
-    except ValueError:
-        return False
-    if target.scheme not in ("http", "https") or not target.hostname or target.username:
-        return False
-    for prefix in allow:
-        try:
-            rule = urlsplit(prefix)
-            rule_port = rule.port
-        except ValueError:
-            continue
-        same_origin = (
-            rule.scheme == target.scheme and rule.hostname == target.hostname and rule_port == port
-        )
-        path, want = target.path or "/", rule.path or "/"
-        if same_origin and (
-            path == want or path.startswith(want if want.endswith("/") else want + "/")
-        ):
-            return True
-    return False
+    """Whether ``url`` lies under one of the ``allow`` prefixes, origin for origin, as
+    httpx will send it (:mod:`edgewire.actions.allow`)."""
+    return url_allowed(url, allow, schemes=("http", "https"))
 
 
 def check_allowed(url: str, allow: Iterable[str]) -> None:

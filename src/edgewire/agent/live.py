@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import queue
 import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgewire.actions.allow import CAMERA, is_url, path_allowed, url_allowed
 from edgewire.actions.commands import run_command
 from edgewire.actions.config import ActionsConfig, load_actions, parse_actions
 from edgewire.actions.pins import Pins, Transition, open_pins
 from edgewire.actions.policy import Policy, Trigger
 from edgewire.actions.post import check_allowed, post_json
 from edgewire.agent.context import PortContext
-from edgewire.errors import BusyError, ConfigError, EdgewireError, ModelError, one_line
+from edgewire.errors import (
+    BusyError,
+    ConfigError,
+    EdgewireError,
+    ModelError,
+    NotAllowed,
+    one_line,
+)
 from edgewire.project.capture import Frame, open_source
 from edgewire.serve.runtime import LoadedModel
 
@@ -47,6 +56,8 @@ MAX_FINISHED = 20
 MAX_ACTIONS_IN_FLIGHT = 2
 OPEN_TIMEOUT_S = 15.0
 ACTION_RESULTS = 100
+#: URL schemes a run's source may have (and only under run_source_allow).
+SOURCE_SCHEMES = ("http", "https", "rtsp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,8 +79,8 @@ class FrameFeed:
     _END = object()
 
     def __init__(self, opener: Callable[[], Iterator[Frame]], first: Iterator[Frame], *,
-                 paced: bool, loop: bool) -> None:  # fmt: skip
-        self.paced, self._loop, self._opener = paced, loop, opener
+                 paced: bool, loop: bool, name: str = "") -> None:  # fmt: skip
+        self.paced, self._loop, self._opener, self._name = paced, loop, opener, name
         self._frames = first
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._newest: tuple[Frame, float] | None = None
@@ -83,14 +94,18 @@ class FrameFeed:
         self._thread.start()
 
     def _read(self) -> None:
+        gave = False  # any frame in this pass of the source
         try:
             while not self._stop.is_set():
                 frame = next(self._frames, None)
                 if frame is None:
                     if self._loop and self.paced and not self._stop.is_set():
-                        self._frames = self._opener()
+                        if not gave:  # looping over nothing would spin for ever
+                            raise ConfigError(f"source {self._name!r:.200} gave no frames")
+                        self._frames, gave = self._opener(), False
                         continue
                     break
+                gave = True
                 if self.paced:
                     self._put(frame)
                 else:
@@ -151,18 +166,7 @@ def preprocess(frame: Frame, loaded: LoadedModel) -> tuple[str, npt.NDArray[np.f
 
     info = loaded.inputs[0]
     version = loaded.version
-    size = version.metadata.get("edgewire.input_size")
-    if size is not None:
-        import json
-
-        channels, height, width = (int(v) for v in json.loads(size))
-    elif len(info.shape) == 4 and all(isinstance(d, int) for d in info.shape[1:]):
-        channels, height, width = (int(d) for d in info.shape[1:] if d is not None)
-    else:
-        raise ModelError(
-            f"{version.label} takes {info.shape}: not an image input, and its metadata has "
-            "no edgewire.input_size; export it with edgewire export"
-        )
+    channels, height, width = input_size(loaded)
     image = Image.fromarray(frame).convert("L" if channels == 1 else "RGB")
     pixels = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.float32)
     pixels = pixels.reshape(height, width, -1).transpose(2, 0, 1)
@@ -172,6 +176,58 @@ def preprocess(frame: Frame, loaded: LoadedModel) -> tuple[str, npt.NDArray[np.f
     std = np.asarray(prep.get("std", 1.0), np.float32).reshape(-1, 1, 1)
     x = ((x - mean) / std)[None].astype(np.float32)
     return info.name, x.reshape(1, -1) if len(info.shape) == 2 else x
+
+
+#: The largest side of a model's image input (a frame is resized to it, every frame).
+MAX_INPUT_SIDE = 4096
+
+
+def _fit(size: Any) -> tuple[int, int, int] | None:
+    """``size`` as (C, H, W) when it is a list of 3 ints, C in (1, 3), H and W in range."""
+    if not isinstance(size, list | tuple) or len(size) != 3:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        return None
+    channels, height, width = size
+    if channels not in (1, 3) or not all(0 < v <= MAX_INPUT_SIDE for v in (height, width)):
+        return None
+    return channels, height, width
+
+
+def input_size(loaded: LoadedModel) -> tuple[int, int, int]:
+    """The (C, H, W) a frame becomes: the model's ``edgewire.input_size`` when it makes
+    sense, else its static input shape; a ModelError when neither does."""
+    import json
+
+    info, version = loaded.inputs[0], loaded.version
+    raw = version.metadata.get("edgewire.input_size")
+    if raw is not None:
+        try:
+            given = _fit(json.loads(raw))
+        except (ValueError, TypeError, RecursionError):
+            given = None
+        if given is not None:
+            return given
+    shape = _fit(list(info.shape[1:])) if len(info.shape) == 4 else None
+    if shape is not None:
+        return shape
+    said = "a bad edgewire.input_size" if raw is not None else "no edgewire.input_size"
+    raise ModelError(
+        f"{version.label} takes {info.shape}: not an image input of 1 or 3 channels up to "
+        f"{MAX_INPUT_SIDE} pixels a side, and its metadata has {said}; "
+        "export it with edgewire export"
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN and infinity as None (events go out as strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def scores_of(output: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -224,7 +280,8 @@ class LiveRun:
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         self.seq += 1
-        self.events.append((self.seq, kind, data))
+        # A model may score NaN: one event must not end every follower's stream.
+        self.events.append((self.seq, kind, json_safe(data)))
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
@@ -290,7 +347,7 @@ class LiveRun:
             log.exception("live run %s failed", self.id)
             self.state, self.reason = "failed", f"internal error: {one_line(exc)}"
         finally:
-            self._finish()
+            await self._finish()
         await self._settle_actions()
 
     async def _take_waiting(self) -> tuple[Frame, float] | None:
@@ -311,6 +368,7 @@ class LiveRun:
         labels = served.version.labels or ()
         label = labels[index] if index < len(labels) else str(index)
         score = float(scores[index])
+        shown = round(score, 5) if math.isfinite(score) else None
         self.frames += 1
         self.per_class[label] += 1
         self.versions.add(served.version.version)
@@ -318,7 +376,7 @@ class LiveRun:
         decision = self.policy.step(label, score, inferred)
         fired: list[dict[str, Any]] = []
         event: dict[str, Any] = {
-            "frame": self.frames, "label": label, "class": index, "score": round(score, 5),
+            "frame": self.frames, "label": label, "class": index, "score": shown,
             "version": served.version.version, "active": decision.active,
             "latency_ms": round((inferred - captured) * 1000, 3),
         }  # fmt: skip
@@ -362,7 +420,7 @@ class LiveRun:
             result = done.to_dict()
         elif trigger.kind == "post" and action.post is not None:
             body = {"run": self.id, "model": self.request.model, "class": label,
-                    "score": round(score, 5), "frame": frame, "time": time.time()}  # fmt: skip
+                    "score": round(score, 5) if math.isfinite(score) else None, "frame": frame, "time": time.time()}  # fmt: skip
             result = (await post_json(action.post, body, timeout_s=action.timeout_s)).to_dict()
         else:
             return
@@ -379,19 +437,20 @@ class LiveRun:
 
     # --- the end -----------------------------------------------------------------------
 
-    def _finish(self) -> None:
+    async def _finish(self) -> None:
         try:
             for change in self.policy.release():
                 with contextlib.suppress(Exception):
                     self.pins.write(change.pin, change.level, frame=self.frames)
         finally:
             self.pins.close()  # every pin low, whatever happened above
-            self.feed.stop()
         if self.state == "running":
             self.state = "stopped"
         self.ended = time.time()
-        self._emit("summary", self.summary())
+        self._emit("summary", self.summary())  # no await since the state changed
         self._runs.finished(self)
+        # Its reader may take a while to let go of the source: not on the loop.
+        await asyncio.to_thread(self.feed.stop)
 
     def summary(self) -> dict[str, Any]:
         elapsed = (self.ended or time.time()) - self.started
@@ -430,6 +489,8 @@ class LiveRuns:
         self._finished: deque[str] = deque()
         self._closing = False
         self._starting = 0
+        #: Real pins of runs that are opening their source (not yet in ``_runs``).
+        self._held_pins: set[int] = set()
         if ctx.config.actions_file is not None:
             self.agent_actions()  # a bad file stops the agent at start, not the first run
 
@@ -486,6 +547,7 @@ class LiveRuns:
         if not labels:
             labels = [str(i) for i in range(_classes(loaded))]
         actions = actions.for_labels(labels)
+        check_source(request.source, self.ctx.config.run_source_allow)
         pins = [a.pin for a in actions.classes.values() if a.pin is not None]
         self._check_pins_free(actions.pins, pins)
         metrics = self.ctx.metrics
@@ -495,6 +557,18 @@ class LiveRuns:
             metrics.gpio_level.labels(str(t.pin)).set(t.level)
 
         driven = open_pins(actions.pins, pins, on_transition=moved)
+        # Held from here (no await since the check) until the run is registered: a
+        # second start meanwhile sees them taken.
+        held = set() if driven.kind == "sim" else set(driven.pins)
+        self._held_pins |= held
+        try:
+            return await self._open(request, actions, driven, pins)
+        finally:
+            self._held_pins -= held
+
+    async def _open(self, request: RunRequest, actions: ActionsConfig, driven: Pins,
+                    pins: list[int]) -> LiveRun:  # fmt: skip
+        metrics = self.ctx.metrics
         source = request.source
 
         def opener() -> Iterator[Frame]:  # again at the end of a file, to loop
@@ -513,7 +587,7 @@ class LiveRuns:
             raise
         for pin in driven.pins:
             metrics.gpio_level.labels(str(pin)).set(0)
-        feed = FrameFeed(opener, first, paced=paced, loop=request.loop)
+        feed = FrameFeed(opener, first, paced=paced, loop=request.loop, name=source)
         run = LiveRun(self, request, actions, feed, driven)
         self._runs[run.id] = run
         metrics.live_runs.inc()
@@ -525,6 +599,9 @@ class LiveRuns:
     def _check_pins_free(self, kind: str, pins: list[int]) -> None:
         if kind == "sim":
             return  # simulated pins share nothing
+        starting = sorted(self._held_pins & set(pins))
+        if starting:
+            raise BusyError(f"pins {starting} are taken by a live run that is starting")
         for other in self.running():
             if other.pins.kind != "sim" and set(other.pins.pins) & set(pins):
                 shared = sorted(set(other.pins.pins) & set(pins))
@@ -555,6 +632,26 @@ class LiveRuns:
                 tasks.append(run.task)
         if tasks:
             await asyncio.wait(tasks, timeout=10.0)
+
+
+def check_source(source: str, allow: Iterable[str]) -> None:
+    """NotAllowed unless ``source`` is a camera, a file or folder under a folder of
+    ``allow``, or a URL under one of its URL prefixes (one line naming the fix)."""
+    if CAMERA.fullmatch(source) and not Path(source).is_file():
+        return
+    if is_url(source):
+        if url_allowed(source, allow, schemes=SOURCE_SCHEMES, userinfo=True):
+            return
+        what = "URL"
+    elif path_allowed(source, allow):
+        return
+    else:
+        what = "path"
+    raise NotAllowed(
+        f"source {source!r:.200} is not on the agent's allow-list: start the agent with "
+        f"--run-source-allow PREFIXES (config run_source_allow, env EDGEWIRE_RUN_SOURCE_ALLOW) "
+        f"naming its {'URL prefix' if what == 'URL' else 'folder'}"
+    )
 
 
 def _classes(loaded: LoadedModel) -> int:

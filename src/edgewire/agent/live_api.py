@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import check_management, error_response, read_body
-from edgewire.agent.live import LiveRun, LiveRuns, RunRequest
+from edgewire.agent.live import LiveRun, LiveRuns, RunRequest, json_safe
 from edgewire.agent.management import Endpoint
 from edgewire.errors import ConfigError, EdgewireError
 from edgewire.jsonsafe import loads_strict
@@ -91,7 +91,8 @@ def _not_found(run_id: str) -> Response:
 
 
 def _sse(seq: int, kind: str, data: dict[str, Any]) -> bytes:
-    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data, allow_nan=False)}\n\n".encode()
+    text = json.dumps(json_safe(data), allow_nan=False)  # a NaN must not end the stream
+    return f"id: {seq}\nevent: {kind}\ndata: {text}\n\n".encode()
 
 
 def _after(request: Request) -> int:

@@ -415,7 +415,8 @@ def _live_paths() -> dict[str, Schema]:
             "post": _operation("Start a live run: a source on the agent's machine, a model, pins", {
                 "201": _json(summary, "Started; follow /api/runs/{id}/events."),
                 "400": _error("A malformed request, a bad source or bad actions."),
-                "403": _error("A command from the network, or a POST off run_post_allow."),
+                "403": _error("A command from the network, a POST off run_post_allow, or a "
+                              "file or URL source off run_source_allow."),
                 "404": _error("The model is not served."),
                 "500": _error("The model cannot take camera frames."),
                 "502": _error("The camera or stream cannot be reached."),

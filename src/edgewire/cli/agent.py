@@ -65,6 +65,11 @@ def _fixed_options(
         help="URL prefixes a live run's POSTs may go to, comma-separated "
         r"\[env: EDGEWIRE_RUN_POST_ALLOW].",
     ),
+    run_source_allow: str | None = typer.Option(
+        None,
+        help="Folders and URL prefixes (http, https, rtsp) a live run's source may come "
+        r"from, comma-separated; cameras need none \[env: EDGEWIRE_RUN_SOURCE_ALLOW].",
+    ),
     config: Path | None = typer.Option(
         None, help=r"TOML file with \[agent] settings (and \[automation]: docs/automation.md)."
     ),

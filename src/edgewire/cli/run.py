@@ -36,7 +36,8 @@ def run_command(
     source: str = typer.Option(
         ...,
         help="On the AGENT's machine: a camera (0, /dev/video0), an http(s) MJPEG or "
-        "rtsp:// URL, a video file or an image folder.",
+        "rtsp:// URL, a video file or an image folder (files and URLs only under the "
+        "agent's --run-source-allow).",
     ),
     rate: float = typer.Option(10.0, min=0.01, max=100.0, help="Frames classified a second."),
     actions: str | None = typer.Option(

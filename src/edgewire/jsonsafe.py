@@ -7,6 +7,7 @@ inference codec and the management API read peer JSON through :func:`loads_stric
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 from edgewire.errors import ProtocolError, one_line
@@ -41,3 +42,14 @@ def loads_strict(raw: bytes | str, *, what: str) -> Any:
         raise ProtocolError(f"{what} JSON is nested too deeply") from None
     except ValueError:  # only an integer literal past the digit limit is left
         raise ProtocolError(f"{what} JSON holds an integer with too many digits") from None
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity as None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

@@ -43,6 +43,7 @@ from edgewire.errors import (
     NotAllowed,
     one_line,
 )
+from edgewire.jsonsafe import finite
 from edgewire.project.capture import Frame, open_source
 from edgewire.serve.runtime import LoadedModel
 
@@ -219,17 +220,6 @@ def input_size(loaded: LoadedModel) -> tuple[int, int, int]:
     )
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN and infinity as None (events go out as strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def scores_of(output: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """One row of scores (a softmax applied when the model gives logits)."""
     row: npt.NDArray[np.float64] = np.asarray(output, np.float64).reshape(output.shape[0], -1)[0]
@@ -281,7 +271,7 @@ class LiveRun:
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         self.seq += 1
         # A model may score NaN: one event must not end every follower's stream.
-        self.events.append((self.seq, kind, json_safe(data)))
+        self.events.append((self.seq, kind, finite(data)))
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 

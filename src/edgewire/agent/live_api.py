@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
 from collections.abc import AsyncIterator
@@ -22,12 +21,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import check_management, error_response, read_body
-from edgewire.agent.live import LiveRun, LiveRuns, RunRequest, json_safe
+from edgewire.agent.live import LiveRun, LiveRuns, RunRequest
 from edgewire.agent.management import Endpoint
 from edgewire.errors import ConfigError, EdgewireError
 from edgewire.jsonsafe import loads_strict
 from edgewire.serve import kserve
 from edgewire.serve.store import NAME
+from edgewire.wire import sse
 
 MAX_BODY = 64 * 1024
 MAX_SOURCE = 1024
@@ -88,11 +88,6 @@ def _not_found(run_id: str) -> Response:
                           "run_not_found"),
         status_code=404, media_type="application/json",
     )  # fmt: skip
-
-
-def _sse(seq: int, kind: str, data: dict[str, Any]) -> bytes:
-    text = json.dumps(json_safe(data), allow_nan=False)  # a NaN must not end the stream
-    return f"id: {seq}\nevent: {kind}\ndata: {text}\n\n".encode()
 
 
 def _after(request: Request) -> int:
@@ -159,12 +154,12 @@ def live_routes(ctx: PortContext, runs: LiveRuns) -> list[tuple[str, Endpoint, l
             batch = run.events_after(seen)
             for seq, kind, data in batch:
                 seen = seq
-                yield _sse(seq, kind, data)
+                yield sse.encode(kind, data, seq=seq)
                 if kind == "summary":
                     return
             if run.done and not run.events_after(seen):
                 # The summary left the ring long ago: say it again, then end.
-                yield _sse(run.seq, "summary", run.summary())
+                yield sse.encode("summary", run.summary(), seq=run.seq)
                 return
             if ctx.stopping.is_set() and not run.done:
                 with contextlib.suppress(Exception):
@@ -173,7 +168,7 @@ def live_routes(ctx: PortContext, runs: LiveRuns) -> list[tuple[str, Endpoint, l
             before = run.seq
             await run.wait_for_event(seen, KEEPALIVE_S)
             if run.seq == before and not run.done:
-                yield b": keep-alive\n\n"
+                yield sse.KEEPALIVE
 
     async def _ended(run: LiveRun) -> None:
         if run.task is not None:

@@ -22,6 +22,7 @@ from edgewire.cli.common import console, err_console
 from edgewire.client.native import tls_from_env
 from edgewire.errors import ConfigError, ConnectError, RemoteError
 from edgewire.ports import DEFAULT_HTTP_PORT, parse_address
+from edgewire.wire import sse
 
 _ON = typer.Option(f"127.0.0.1:{DEFAULT_HTTP_PORT}", "--on", help="Agent HOST:HTTP_PORT.")
 _TOKEN = typer.Option(None, help=r"Management token \[env: EDGEWIRE_TOKEN].")
@@ -162,21 +163,11 @@ def _follow(
 
 def _events(stream: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """(id, event, data) of a server-sent event stream; comments are skipped."""
-    fields: dict[str, str] = {}
+    decoder = sse.Decoder()
     for line in stream.iter_lines():
-        if line.startswith(":"):
-            continue
-        if line:
-            key, _, value = line.partition(":")
-            fields[key] = value.removeprefix(" ")
-            continue
-        if "data" in fields:
-            yield (
-                int(fields.get("id", "0")),
-                fields.get("event", "message"),
-                json.loads(fields["data"]),
-            )
-        fields = {}
+        event = decoder.line(line)
+        if event is not None:
+            yield event.seq or 0, event.kind, event.data
 
 
 def _print_event(kind: str, data: dict[str, Any], *, as_json: bool) -> None:

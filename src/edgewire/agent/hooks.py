@@ -38,9 +38,9 @@ from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
 from edgewire.agent.fdlimits import RateLimit
-from edgewire.agent.http_common import error_response, holding, read_body
+from edgewire.agent.http_common import Endpoint, error_response, holding, read_body
 from edgewire.agent.jobs_api import job_routes
-from edgewire.agent.management import UPLOADS, Endpoint, add_and_serve
+from edgewire.agent.management import UPLOADS, add_and_serve
 from edgewire.agent.retrain import retrain, score_both
 from edgewire.automation.config import AutomationConfig, HookConfig
 from edgewire.automation.events import parse_event

@@ -21,12 +21,13 @@ from edgewire import __version__
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import (
     BodyHold,
+    Endpoint,
     check_management,
     error_response,
     holding,
     read_body,
 )
-from edgewire.agent.management import Endpoint, management_routes
+from edgewire.agent.management import management_routes
 from edgewire.agent.openapi import OPENAPI_PATH, document
 from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -34,7 +34,29 @@ from edgewire.errors import (
 from edgewire.serve import kserve
 from edgewire.wire.stream import ByteBudget
 
+#: An HTTP route's handler.
+Endpoint = Callable[[Request], Awaitable[Response]]
+
 BODY_CHUNK_TIMEOUT = 10.0
+
+
+def guarded(
+    config: AgentConfig,
+    handler: Endpoint,
+    *,
+    status: Callable[[EdgewireError, Request], int | None] | None = None,
+) -> Endpoint:
+    """``handler`` behind the management token; an edgewire error it raises becomes its
+    one-line JSON answer (with ``status(exc, request)`` where that gives one)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            check_management(config, request)
+            return await handler(request)
+        except EdgewireError as exc:
+            return error_response(exc, status=None if status is None else status(exc, request))
+
+    return endpoint
 
 
 def error_response(exc: EdgewireError, *, status: int | None = None) -> Response:

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import check_management, error_response
-from edgewire.agent.management import Endpoint
+from edgewire.agent.http_common import Endpoint
+from edgewire.agent.http_common import guarded as guard
 from edgewire.automation.jobs import Job, JobQueue
-from edgewire.errors import BusyError, ConfigError, EdgewireError
+from edgewire.errors import BusyError, ConfigError
 from edgewire.serve import kserve
 
 MAX_LIST = 500
@@ -66,14 +66,7 @@ def job_routes(
         return found
 
     def guarded(handler: Endpoint) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            try:
-                check_management(ctx.config, request)
-                return await handler(request)
-            except EdgewireError as exc:
-                return error_response(exc)
-
-        return endpoint
+        return guard(ctx.config, handler)
 
     async def listing(request: Request) -> Response:
         raw = request.query_params.get("limit", "50")

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import check_management, error_response, read_body
+from edgewire.agent.http_common import Endpoint, read_body
+from edgewire.agent.http_common import guarded as guard
 from edgewire.agent.live import LiveRun, LiveRuns, RunRequest
-from edgewire.agent.management import Endpoint
-from edgewire.errors import ConfigError, EdgewireError
+from edgewire.errors import ConfigError
 from edgewire.jsonsafe import loads_strict
 from edgewire.serve import kserve
 from edgewire.serve.store import NAME
@@ -99,14 +99,7 @@ def _after(request: Request) -> int:
 
 def live_routes(ctx: PortContext, runs: LiveRuns) -> list[tuple[str, Endpoint, list[str]]]:
     def guarded(handler: Endpoint) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            try:
-                check_management(ctx.config, request)
-                return await handler(request)
-            except EdgewireError as exc:
-                return error_response(exc)
-
-        return endpoint
+        return guard(ctx.config, handler)
 
     def run_of(request: Request) -> LiveRun | None:
         run_id = str(request.path_params["id"])

@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,12 @@ from edgewire.agent.gate import (
     score,
 )
 from edgewire.agent.http_common import (
-    check_management,
-    error_response,
+    Endpoint,
     holding,
     iter_body,
     read_body,
 )
+from edgewire.agent.http_common import guarded as guard
 from edgewire.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -67,7 +66,6 @@ from edgewire.serve.model import ModelVersion
 from edgewire.serve.store import DEFAULT_ALIAS, check_alias, check_name
 from edgewire.wire.stream import ByteBudget
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 UPLOADS = "uploads"
 
 log = logging.getLogger(__name__)
@@ -259,14 +257,9 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
     store = serving.store
 
     def guarded(handler: Endpoint) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            try:
-                check_management(agent.config, request)
-                return await handler(request)
-            except EdgewireError as exc:
-                return error_response(exc, status=_status(exc, request.method))
-
-        return endpoint
+        return guard(
+            agent.config, handler, status=lambda exc, request: _status(exc, request.method)
+        )
 
     async def upload(request: Request) -> Response:
         name = request.path_params["name"]

@@ -4,8 +4,10 @@ real runs of its first steps (capture and split) from generated footage."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,35 @@ def test_a_failing_step_stops_the_pipeline_with_its_exit_code(tmp_path: Path) ->
     assert done.returncode not in (0, 1), done.stdout + done.stderr  # the capture's own code
     assert "step capture failed" in done.stderr and "it starts at capture" in done.stderr
     assert not (ws.root / ".edgewire" / "pipeline.json").exists()
+
+
+def test_ctrl_c_stops_in_a_step_and_the_next_run_starts_there(tmp_path: Path) -> None:
+    settings = "[train]\nmodel = 'mnist_cnn'\nsize = 16\nepochs = 2000\npatience = 0\n"
+    sample = write_sample(tmp_path / "ws", clips=2, clip_frames=6, settings=settings)
+    root = sample.workspace.root
+    child = subprocess.Popen(
+        [sys.executable, "-m", "edgewire.cli", "pipeline", "-w", str(root), "--to", "train"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        record = root / ".edgewire" / "pipeline.json"
+        deadline = time.monotonic() + 120
+        # Training has begun once the split is recorded and the run's folder exists.
+        while not (record.is_file() and "split" in record.read_text() and (root / "runs").is_dir()):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 130, err
+    assert "interrupted in step train" in err
+    assert set(json.loads(record.read_text())["steps"]) == {"capture", "split"}
+    plan_now = _edgewire("pipeline", "-w", str(root), "--to", "train", "--dry-run")
+    assert (
+        plan_now.stdout.count("up to date") == 2
+        and "would run: edgewire train run" in plan_now.stdout
+    )

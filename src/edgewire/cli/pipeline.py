@@ -7,8 +7,10 @@ of the command itself. See ``edgewire.project.pipeline`` for the settings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +61,20 @@ def pipeline_command(
     console.print(table)
 
 
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """A Ctrl-C at the terminal reached the child too: give it time to clean up. A
+    SIGINT sent to the pipeline alone did not: pass it on. Then, if need be, kill it."""
+    for signal_to_send, wait in ((None, 5.0), (signal.SIGINT, 30.0), (signal.SIGKILL, 10.0)):
+        if signal_to_send is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal_to_send)
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _shown(command: list[str]) -> str:
     return "edgewire " + shlex.join(command)
 
@@ -72,8 +88,7 @@ def _run(name: str, command: list[str]) -> None:
     try:
         code = child.wait()
     except KeyboardInterrupt:
-        # The child got the same Ctrl-C; let it finish its own clean-up.
-        child.wait()
+        _stop(child)
         err_console.print(
             f"interrupted in step {name}; `edgewire pipeline` starts again there "
             "(the steps before it are up to date)",

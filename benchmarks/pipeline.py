@@ -108,7 +108,7 @@ def train_both(ws: Path, agent: SpawnedAgent, epochs: int) -> dict[str, Any]:
 def export_variants(ws: Path) -> list[dict[str, Any]]:
     from edgewire.project.export import export_model
 
-    variants = export_model(ws / "runs" / "remote", ws / "export" / "model.onnx", fp16=True,
+    variants = export_model(ws / "runs" / "local", ws / "export" / "model.onnx", fp16=True,
                             int8=True)  # fmt: skip
     return [{"kind": v.kind, "accuracy": v.accuracy, "size": v.size, "latency_ms": v.latency_ms}
             for v in variants]  # fmt: skip
@@ -150,7 +150,8 @@ def main() -> None:
         sample = write_sample(root / "ws", segments=segments)
         captured = capture_fps(sample)
         edgewire("project", "split", "-w", str(sample.workspace.root), core=WORKSTATION_CORE)
-        with SpawnedAgent(root / "agent", "--token", TOKEN, cpus={AGENT_CORE},
+        with SpawnedAgent(root / "agent", "--token", TOKEN, "--run-source-allow", str(root / "ws"),
+                          cpus={AGENT_CORE},
                           env={"OMP_NUM_THREADS": "1"}) as agent:  # fmt: skip
             trained = train_both(sample.workspace.root, agent, epochs)
             say("export fp32, fp16, int8")

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from edgewire.agent.server import Agent
 from edgewire.config import AgentConfig
+from edgewire.data.datasets import load_dataset
 
 
 @dataclasses.dataclass
@@ -123,3 +126,19 @@ project = "edge"
 collection = "{collection}"
 {rule}
 """
+
+
+def write_split(root: Path, classes: list[str], counts: dict[str, int]) -> Path:
+    """A split folder as ``edgewire project split`` writes it, of real MNIST digits."""
+    mnist = load_dataset("mnist5k")
+    for name in classes:
+        members = np.flatnonzero(mnist.y == int(name))
+        start = 0
+        for split, n in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for k in members[start : start + n]:
+                Image.fromarray(mnist.x[k, 0]).save(folder / f"{k}.png")
+            start += n
+    (root / "labels.txt").write_text("\n".join(classes) + "\n")
+    return root

@@ -146,6 +146,9 @@ class AgentConfig:
     max_dataset_files: int = dataclasses.field(default=200_000, metadata=_AT_LEAST_1)
     #: Bytes one uploaded data set may hold (all its files together).
     max_dataset_bytes: int = dataclasses.field(default=4 * 1024**3, metadata=_AT_LEAST_1)
+    #: Bytes a remote run's images may take in memory once loaded (files × 3 × size², about
+    #: three copies while training); a bigger image_size or data set is refused up front.
+    max_train_data_bytes: int = dataclasses.field(default=2 * 1024**3, metadata=_AT_LEAST_1)
     #: Seconds uploaded files and data sets no run uses are kept (for an upload to resume).
     dataset_ttl_s: float = dataclasses.field(default=86400.0, metadata=_POSITIVE)
     #: Events a remote training run keeps for followers to catch up on (a ring).
@@ -154,10 +157,12 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Live runs (``edgewire run``): the agent's own actions file (the only place a
-    #: command may come from), the URL prefixes a run's POSTs may go to, and how many
+    #: command may come from), the URL prefixes a run's POSTs may go to, the folders and
+    #: URL prefixes its sources may come from (cameras need no entry), and how many
     #: runs at once.
     actions_file: Path | None = None
     run_post_allow: frozenset[str] = frozenset()
+    run_source_allow: frozenset[str] = frozenset()
     max_live_runs: int = dataclasses.field(default=4, metadata=_AT_LEAST_1)
     #: Webhooks, polling and the job queue (the file's ``[automation]`` table; None: off).
     automation: AutomationConfig | None = dataclasses.field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.server
 import json
 import os
 import socket
@@ -15,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from edgewire.agent.blobs import BlobStore
-from edgewire.data.datasets import load_dataset
 from edgewire.data.manifest import Entry, Manifest, pack, scan_folder
 from edgewire.errors import DataError
 from edgewire.train.folder import FolderOptions, train_folder
-from tests.helpers import RunningAgent, agent_in_thread
+from tests.helpers import RunningAgent, agent_in_thread, write_split
 
 TOKEN = "remote-train-token-1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,22 +30,6 @@ QUICK = {"model": "mnist_cnn", "image_size": 32, "epochs": 1, "batch_size": 16,
          "augment": False, "patience": None}  # fmt: skip
 #: Enough epochs that a run only ends when stopped.
 ENDLESS = {**QUICK, "epochs": 10_000}
-
-
-def write_split(root: Path, classes: list[str], counts: dict[str, int]) -> Path:
-    """A split folder as ``edgewire project split`` writes it, of real MNIST digits."""
-    mnist = load_dataset("mnist5k")
-    for name in classes:
-        members = np.flatnonzero(mnist.y == int(name))
-        start = 0
-        for split, n in counts.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for k in members[start : start + n]:
-                Image.fromarray(mnist.x[k, 0]).save(folder / f"{k}.png")
-            start += n
-    (root / "labels.txt").write_text("\n".join(classes) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +138,12 @@ def test_upload_resumes_train_follow_and_download(
         assert got.status_code == 200
         assert hashlib.sha256(got.content).hexdigest() == meta["sha256"]
         assert got.headers["x-edgewire-sha256"] == meta["sha256"]
+        assert str(running.config.data_dir).encode() not in got.content  # nor in the meta
+    checkpoint = httpx.get(url(running, "/api/train/quick/files/checkpoint.safetensors"),
+                           headers=AUTH).content  # fmt: skip
+    header = json.loads(checkpoint[8 : 8 + int.from_bytes(checkpoint[:8], "little")])
+    meta = json.loads(header["__metadata__"]["edgewire"])["meta"]
+    assert meta["dataset"] == meta["data"] == "dataset"  # the client's WS/dataset
     assert (httpx.get(url(running, "/api/train/quick/files/..%2Fsecret"), headers=AUTH)
             .status_code == 404)  # fmt: skip
     assert httpx.get(url(running, "/api/train/quick/files/x.txt"), headers=AUTH).status_code == 404
@@ -218,6 +206,8 @@ def test_hostile_paths_are_refused(running: RunningAgent, path: str) -> None:
         ({"files": [{"path": "big", "sha256": "0" * 64, "size": 9 << 20}]}, 413),
         ({"files": [{"path": "a", "sha256": "0" * 64, "size": -1}]}, 400),
         ({"files": [{"path": "a", "sha256": "0" * 64, "size": True}]}, 400),
+        ({"files": [{"path": "a", "sha256": "0" * 64, "size": 1},
+                    {"path": "b", "sha256": "0" * 64, "size": 2}]}, 400),  # one sha, two sizes
         ({"files": []}, 400),
         ({"files": "nope"}, 400),
         ([1, 2], 400),
@@ -281,6 +271,9 @@ def test_one_run_at_a_time_stop_and_agent_stop(split: Path, tmp_path: Path) -> N
             for line in response.iter_lines():
                 if line == "event: feedback":
                     break
+    # The stopping agent ended that run at a batch: no val pass, report or export.
+    left = tmp_path / "data" / "remote" / "runs" / "endless"
+    assert not (left / "report.json").exists() and not (left / "model.onnx").exists()
 
 
 class CuttingProxy:
@@ -407,3 +400,115 @@ def test_a_symlink_in_the_data_set_is_refused(tmp_path: Path) -> None:
     (tmp_path / "train" / "b.png").symlink_to("/etc/hostname")
     with pytest.raises(DataError, match="symlink"):
         scan_folder(tmp_path)
+
+
+def test_a_failed_run_names_the_data_set_not_the_agents_folders(
+    running: RunningAgent, tmp_path: Path
+) -> None:
+    broken = write_split(tmp_path / "dataset", ["0", "1"], {"train": 4, "test": 2})  # no val/
+    dataset = upload_all(running, broken, scan_folder(broken))
+    assert start(running, dataset, "noval", QUICK).status_code == 202
+    error = events(running, "noval")[-1]
+    assert error[1] == "error" and error[2]["code"] == "data"
+    assert error[2]["error"] == "dataset: has no val/ split"
+    status = httpx.get(url(running, "/api/train/noval"), headers=AUTH).json()
+    assert str(running.config.data_dir) not in json.dumps(status)
+
+
+def test_a_run_over_the_memory_model_or_disk_caps_is_refused_before_it_starts(
+    split: Path, tmp_path: Path
+) -> None:
+    with agent_in_thread(tmp_path / "data", token=TOKEN, max_train_data_bytes=1 << 20,
+                         max_train_model_bytes=6_600_000,
+                         max_disk_bytes=10_000_000) as agent:  # fmt: skip
+        dataset = upload_all(agent, split, scan_folder(split))
+        # 96 images × 3 × 64² × 3 copies is 3.5 MiB, over the 1 MiB cap.
+        big = start(agent, dataset, "big", {**QUICK, "image_size": 64})
+        assert big.status_code == 400 and "max_train_data_bytes" in big.json()["error"]
+        huge = start(agent, dataset, "huge", {**QUICK, "model": "resnet18"})
+        assert huge.status_code == 400 and "max_train_model_bytes" in huge.json()["error"]
+        # mnist_cnn at 32×32 is 6.5 MB: two checkpoints with Adam's state and an ONNX
+        # model are far over the 10 MB disk budget (half a model would fit).
+        full = start(agent, dataset, "full", QUICK)
+        assert full.status_code == 507 and full.json()["code"] == "disk_full"
+        assert httpx.get(url(agent, "/api/train/full"), headers=AUTH).status_code == 404
+
+
+def test_a_manifest_with_another_size_never_deletes_a_whole_blob(
+    running: RunningAgent, tmp_path: Path
+) -> None:
+    data = b"a whole file that a run may link"
+    sha = hashlib.sha256(data).hexdigest()
+    assert put_blob(running, sha, data).status_code in (200, 201)
+    blob = running.config.data_dir / "remote" / "blobs" / sha
+    lying = post(running, "/api/datasets",
+                 {"files": [{"path": "x.bin", "sha256": sha, "size": len(data) + 1}]})  # fmt: skip
+    assert lying.status_code == 400 and lying.json()["code"] == "data", lying.text
+    assert blob.read_bytes() == data
+    # A blob that fails its own hash (torn by a power cut) goes, and is asked for again.
+    store = BlobStore(tmp_path, ttl_s=100.0)
+    store.blobs.mkdir(parents=True)
+    (store.blobs / sha).write_bytes(data[:5])
+    assert store.missing(Manifest((Entry("x.bin", sha, len(data)),))) == [sha]
+    assert not (store.blobs / sha).exists()
+
+
+def test_the_client_refuses_result_names_outside_the_known_set(
+    running: RunningAgent, tmp_path: Path
+) -> None:
+    from edgewire.cli import train_remote
+    from edgewire.errors import ProtocolError
+
+    where = train_remote._where(f"127.0.0.1:{running.http}", TOKEN)
+    where.run_id = "quick"
+    (tmp_path / "runs").mkdir()
+
+    async def finish(files: dict[str, Any]) -> Any:
+        async with where.client() as client:
+            summary = {"files": {"report": "report.json"}}
+            return await train_remote._finish(where, client, tmp_path, summary, files,
+                                              as_json=True)  # fmt: skip
+
+    for name in ("../../evil.sh", "x.txt", ".bashrc"):
+        with pytest.raises(ProtocolError, match="not among"):
+            asyncio.run(finish({name: {"sha256": "0" * 64}}))
+    assert not (tmp_path / "evil.sh").exists()
+    assert os.listdir(tmp_path / "runs") == []
+
+
+class _EndlessLine(http.server.BaseHTTPRequestHandler):
+    """An event stream whose one line never ends (2 MiB and more, no newline)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"event: epoch\ndata: ")
+            for _ in range(32):
+                self.wfile.write(b"x" * 65536)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_client_caps_an_event_line() -> None:
+    from edgewire.cli import train_remote
+    from edgewire.errors import FrameTooLarge
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessLine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        where = train_remote._where(f"127.0.0.1:{server.server_address[1]}", None)
+
+        async def read() -> list[Any]:
+            async with where.client() as client:
+                return [event async for event in train_remote._sse(client, "/events", 0)]
+
+        with pytest.raises(FrameTooLarge, match="over 1048576 bytes"):
+            asyncio.run(read())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

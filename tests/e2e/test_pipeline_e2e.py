@@ -17,7 +17,9 @@ TOKEN = "pipeline-e2e-token"
 
 
 def test_footage_to_pins(tmp_path: Path, start_agent: StartAgent) -> None:
-    agent = start_agent(tmp_path / "agent", "--token", TOKEN)
+    agent = start_agent(
+        tmp_path / "agent", "--token", TOKEN, "--run-source-allow", str(tmp_path / "ws")
+    )
     http = f"127.0.0.1:{agent.ports['http']}"
     ws = tmp_path / "ws"
     settings = (

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 from edgewire.project.workspace import Workspace
-from tests.agent.test_train_remote import write_split
 from tests.e2e.conftest import EDGEWIRE, StartAgent
+from tests.helpers import write_split
 
 TOKEN = "e2e-remote-token-1"
 
@@ -50,6 +50,13 @@ def test_train_run_on_a_remote_agent_then_resume_sends_nothing(
     report = json.loads((run_dir / "report.json").read_text())
     assert report["samples"] == 12
     assert not list((ws / "runs").glob(".*partial*"))
+    # The agent's data set folder is gone: the run's meta names the workspace's instead.
+    exported = subprocess.run([*EDGEWIRE, "export", str(run_dir), "--int8", "-o",
+                               str(tmp_path / "out" / "model.onnx")], capture_output=True,
+                              text=True, timeout=300, env=env)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "out" / "model.int8.onnx").is_file()
+    assert "test accuracy" in exported.stdout
 
     # The same data set again: every file is on the agent, nothing goes up twice.
     again = subprocess.run(train_cmd(http, ws, "second"), capture_output=True, text=True,

@@ -20,24 +20,9 @@ from edgewire.train.folder import FolderOptions, train_folder
 from edgewire.train.memory import fit_batch_size, is_out_of_memory, oom_as_one_line
 from edgewire.train.report import classification_report, confusion_text
 from edgewire.train.trainer import Trainer, TrainSpec
+from tests.helpers import write_split
 
 SMALL = {"model": "mnist_cnn", "image_size": 32, "flip": False}
-
-
-def write_split(root: Path, classes: list[str], counts: dict[str, int]) -> Path:
-    """A split folder as ``edgewire project split`` writes it, of real MNIST digits."""
-    mnist = load_dataset("mnist5k")
-    for name in classes:
-        members = np.flatnonzero(mnist.y == int(name))
-        start = 0
-        for split, n in counts.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for k in members[start : start + n]:
-                Image.fromarray(mnist.x[k, 0]).save(folder / f"{k}.png")
-            start += n
-    (root / "labels.txt").write_text("\n".join(classes) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")

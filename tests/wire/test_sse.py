@@ -20,14 +20,9 @@ _DATA = st.dictionaries(
 )  # fmt: skip
 
 
-def _decode(stream: bytes, decoder: Decoder | None = None) -> list[Event]:
+def _decode(stream: bytes, decoder: Decoder | None = None, *, step: int = 7) -> list[Event]:
     decoder = decoder or Decoder()
-    out = []
-    for line in stream.decode().split("\n"):
-        event = decoder.line(line)
-        if event is not None:
-            out.append(event)
-    return out
+    return [e for i in range(0, len(stream), step) for e in decoder.feed(stream[i : i + step])]
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**9), st.sampled_from(["frame", "epoch"]), _DATA),
@@ -50,8 +45,10 @@ def test_an_oversized_event_is_refused_not_buffered() -> None:
     decoder = Decoder(max_bytes=64)
     with pytest.raises(FrameTooLarge, match="over 64 bytes"):
         _decode(encode("x", {"a": "y" * 100}), decoder)
-    # Keep-alives alone never add up to one.
+    # Keep-alives alone never add up to one; a line without end is refused too.
     assert _decode(KEEPALIVE * 100, Decoder(max_bytes=64)) == []
+    with pytest.raises(FrameTooLarge, match="a line"):
+        Decoder(max_bytes=64).feed(b"data: " + b"x" * 100)
 
 
 @pytest.mark.parametrize("data", ["[1, 2]", "{not json", "NaN"])

@@ -7,7 +7,8 @@
 A data set folder is symlinks, not copies or hard links: it costs no disk, and the
 disk budget (which sums file sizes) does not count its files twice. Blobs are
 renamed into place without an fsync each (a data set is thousands of small files);
-a blob is checked against its size when a run links it, so a torn one is sent again.
+a blob whose size is not the manifest's is hashed: a torn one goes and is sent again,
+a whole one stays (the manifest is refused).
 Everything is synchronous: the routes call it in a thread.
 """
 
@@ -55,13 +56,22 @@ class BlobStore:
         for sha, size in manifest.blobs().items():
             path = self.blobs / sha
             try:
-                if path.stat().st_size == size:
-                    os.utime(path, (now, now))
-                    continue
-                path.unlink()  # a torn blob from a power cut: send it again
+                stored = path.stat().st_size
             except FileNotFoundError:
-                pass
-            lacking.append(sha)
+                lacking.append(sha)
+                continue
+            if stored != size:
+                # Only a blob that fails its own hash goes (a torn write from a power
+                # cut: it is sent again); a whole one may be linked by a running run.
+                if fsutil.sha256_file(path) != sha:
+                    path.unlink(missing_ok=True)
+                    lacking.append(sha)
+                    continue
+                raise DataError(
+                    f"sha256 {sha[:12]}... is a file of {stored} bytes on the agent, not "
+                    f"the {size} the manifest says; scan the data set again"
+                )
+            os.utime(path, (now, now))
         return lacking
 
     def save_manifest(self, manifest: Manifest) -> str:

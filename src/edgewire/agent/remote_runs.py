@@ -18,58 +18,43 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import json
 import logging
-import math
 import shutil
 import threading
 import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgewire.agent.blobs import REMOTE, BlobStore
 from edgewire.agent.context import PortContext
-from edgewire.errors import BusyError, ConfigError, EdgewireError, one_line
+from edgewire.agent.disk import CHECKPOINT_FACTOR
+from edgewire.data.manifest import Entry
+from edgewire.errors import BusyError, ConfigError, EdgewireError, TrainError
 from edgewire.fsutil import sha256_file
-from edgewire.train.folder import (
-    CHECKPOINT,
-    CONFUSION_PNG,
-    CONFUSION_TXT,
-    HISTORY,
-    LAST,
-    ONNX,
-    REPORT,
-    FolderOptions,
-)
+from edgewire.jsonsafe import finite
+from edgewire.train.folder import RESULT_FILES, FolderOptions
+from edgewire.train.memory import check_data_size
+from edgewire.wire import sse
 
-#: The files a run may hand out, in the order a client downloads them.
-RESULT_FILES = (CHECKPOINT, LAST, ONNX, HISTORY, REPORT, CONFUSION_TXT, CONFUSION_PNG)
+__all__ = ["FINAL", "POLL_S", "RESULT_FILES", "RemoteRun", "RemoteRuns"]
 #: Seconds between wake-ups of the loop for per-batch feedback (other events: at once).
 WAKE_S = 0.05
 POLL_S = 0.25
 FINAL = ("summary", "error")
+SPLITS = ("train", "val", "test")
+#: What a remote run's checkpoints and errors call its data set: the client's workspace
+#: folder (``project.workspace.DATASET``, not imported: it loads PIL), which ``export``
+#: resolves against the workspace the run folder lands in.
+DATASET = "dataset"
+#: What a failed run says when the error is not one of edgewire's (the log has it).
+INTERNAL = "training failed on the agent with an internal error; the agent's log has the details"
+#: The remote runs of each agent's context, for the agent's stop to close.
+_OPEN: weakref.WeakValueDictionary[int, RemoteRuns] = weakref.WeakValueDictionary()
 
 log = logging.getLogger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as None (a loss can overflow)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def sse_frame(seq: int, kind: str, data: dict[str, Any]) -> bytes:
-    try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        text = json.dumps(json_safe(data), allow_nan=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {kind}\ndata: {text}\n\n".encode()
 
 
 class EventRing:
@@ -84,7 +69,7 @@ class EventRing:
     def append(self, kind: str, data: dict[str, Any]) -> int:
         with self._lock:
             self.last_seq += 1
-            self._frames.append((self.last_seq, sse_frame(self.last_seq, kind, data)))
+            self._frames.append((self.last_seq, sse.encode(kind, data, seq=self.last_seq)))
             self.last = (kind, data)
             return self.last_seq
 
@@ -128,7 +113,7 @@ class RemoteRun:
             "run_id": self.run_id, "state": self.state, "dataset": self.dataset,
             "options": self.options.to_dict(), "created": self.created,
             "finished": self.finished, "events": self.ring.last_seq,
-            "last_event": None if last is None else {"event": last[0], **json_safe(last[1])},
+            "last_event": None if last is None else {"event": last[0], **finite(last[1])},
             "summary": self.summary, "error": self.error, "files": self.files,
         }  # fmt: skip
 
@@ -147,6 +132,19 @@ class RemoteRuns:
         # What a previous agent process left: its runs are not known any more.
         for folder in (self.root, store.work):
             shutil.rmtree(folder, ignore_errors=True)
+        _OPEN[id(ctx)] = self
+
+    @staticmethod
+    def of(ctx: PortContext) -> RemoteRuns | None:
+        """The remote runs serving ``ctx``'s agent, if its HTTP port made them."""
+        return _OPEN.get(id(ctx))
+
+    async def close(self) -> None:
+        """Wait for the runs' tasks, at most ``drain_timeout``: a run the stopping agent
+        ends skips its report, so this is about one batch (the agent's stop calls it)."""
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=self.ctx.config.drain_timeout)
 
     def get(self, run_id: str) -> RemoteRun | None:
         return self.runs.get(run_id)
@@ -186,8 +184,10 @@ class RemoteRuns:
             init_path = self.store.blob(init)
             if not await asyncio.to_thread(init_path.is_file):
                 raise ConfigError(f"init {init[:12]}... is not on the agent; upload it first")
-        # A checkpoint or two, the ONNX model, the report: about 4 models' worth.
-        await asyncio.to_thread(self.ctx.disk.check, 4 * cfg.max_train_model_bytes // 8,
+        model_size = await asyncio.to_thread(_check_sizes, manifest.files, options,
+                                             cfg.max_train_data_bytes, cfg.max_train_model_bytes)  # fmt: skip
+        # Two checkpoints (weights and the optimizer's state each) and the ONNX model.
+        await asyncio.to_thread(self.ctx.disk.check, (2 * CHECKPOINT_FACTOR + 1) * model_size,
                                 "a training run")  # fmt: skip
         folder = await asyncio.to_thread(self.store.materialise, manifest, run_id)
         run = RemoteRun(
@@ -212,13 +212,12 @@ class RemoteRuns:
                 self.ctx.train_executor, self._train, run, folder, init, loop
             )
         except Exception as exc:
-            known = isinstance(exc, EdgewireError)
-            if not known:
+            if isinstance(exc, EdgewireError):
+                run.error = {"error": self._without_paths(exc.message, run.run_id),
+                             "code": exc.code}  # fmt: skip
+            else:
                 log.exception("remote training run %s failed", run.run_id)
-            run.error = {
-                "error": exc.message if isinstance(exc, EdgewireError) else one_line(exc),
-                "code": exc.code if isinstance(exc, EdgewireError) else "train",
-            }
+                run.error = {"error": INTERNAL, "code": "train"}
             run.state = "failed"
             run.ring.append("error", {"state": run.state, **run.error})
         else:
@@ -255,12 +254,18 @@ class RemoteRuns:
                 last_wake = now
                 loop.call_soon_threadsafe(self._wake, run)
 
+        def should_stop() -> bool:
+            if self.ctx.stopping.is_set():
+                # No val pass, report or export: the agent's stop waits for this thread.
+                raise BusyError(f"the agent stopped during run {run.run_id!r}; start it again")
+            return run.stop.is_set()
+
         on_event("ready", {"run_id": run.run_id, "next_seq": 0, "resumed": False,
                           "train_files": run.train_files})  # fmt: skip
         shutil.rmtree(run.out, ignore_errors=True)
         summary = train_folder(
             folder, run.out, run.options, init=init, on_event=on_event,
-            should_stop=lambda: run.stop.is_set() or self.ctx.stopping.is_set(),
+            should_stop=should_stop, recorded_as=DATASET,
         )  # fmt: skip
         # The agent's paths stay here: the client learns the file names only.
         summary["files"] = {key: Path(path).name for key, path in summary["files"].items()}
@@ -270,6 +275,16 @@ class RemoteRuns:
             if path.is_file():
                 run.files[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
         return summary
+
+    def _without_paths(self, message: str, run_id: str) -> str:
+        """``message`` with the run's data set folder as "dataset" (the client's name for
+        it) and the data dir as "<data dir>": no path of the agent goes to the peer."""
+        work = self.store.work / run_id
+        data = self.ctx.config.data_dir
+        for folder, shown in ((work, DATASET), (data, "<data dir>")):
+            for form in {str(folder.resolve()), str(folder.absolute()), str(folder)}:
+                message = message.replace(form, shown)
+        return message
 
     def _wake(self, run: RemoteRun) -> None:
         run.changed.set()
@@ -281,3 +296,23 @@ class RemoteRuns:
         for old in finished[: max(len(finished) - self.ctx.config.max_finished_runs, 0)]:
             del self.runs[old.run_id]
             shutil.rmtree(old.out, ignore_errors=True)
+
+
+def _check_sizes(
+    files: Sequence[Entry], options: FolderOptions, max_data: int, max_model: int
+) -> int:
+    """Refuse a run whose images or model would not fit the agent's caps before anything
+    is loaded (counted from the manifest: images at three channels); the model's bytes."""
+    from edgewire.train.trainer import TrainSpec, check_model_size
+
+    paths = [e.path for e in files]
+    check_data_size(sum(1 for p in paths if p.split("/", 1)[0] in SPLITS),
+                    options.image_size, max_data)  # fmt: skip
+    classes = {p.split("/")[1] for p in paths if p.startswith("train/") and p.count("/") >= 2}
+    size = options.image_size
+    spec = TrainSpec(model=options.model, in_channels=3, height=size, width=size,
+                     num_classes=max(len(classes), 2))  # fmt: skip
+    try:
+        return check_model_size(spec, max_model)
+    except TrainError as exc:  # the peer's options: its request is what is wrong
+        raise ConfigError(exc.message) from None

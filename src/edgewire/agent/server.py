@@ -454,6 +454,12 @@ class Agent:
             await self.automation.stop()
         await self.split.close()
         await self.serving.stop()
+        # A remote run ends at its next batch, skipping its report: a bounded wait.
+        from edgewire.agent.remote_runs import RemoteRuns
+
+        remote = RemoteRuns.of(self.context)
+        if remote is not None:
+            await remote.close()
         self.train_executor.shutdown(wait=True)
         if self._lock is not None:
             unlock_folder(self._lock)

@@ -30,15 +30,19 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from edgewire.agent.blobs import BlobStore
 from edgewire.agent.context import PortContext
 from edgewire.agent.disk import CACHE_S
-from edgewire.agent.http_common import check_management, error_response, holding, iter_body
-from edgewire.agent.management import UPLOADS, Endpoint
+from edgewire.agent.http_common import (
+    Endpoint,
+    holding,
+    iter_body,
+)
+from edgewire.agent.http_common import guarded as guard
+from edgewire.agent.management import UPLOADS
 from edgewire.agent.remote_runs import FINAL, POLL_S, RESULT_FILES, RemoteRun, RemoteRuns
 from edgewire.data.manifest import BYTES_PER_ENTRY, PackDecoder, parse_manifest
 from edgewire.errors import (
     ChecksumMismatch,
     ConfigError,
     DiskFull,
-    EdgewireError,
     ProtocolError,
 )
 from edgewire.fsutil import disk_errors
@@ -46,6 +50,7 @@ from edgewire.jsonsafe import loads_strict
 from edgewire.serve import kserve
 from edgewire.serve.store import check_name
 from edgewire.train.folder import FolderOptions
+from edgewire.wire import sse
 
 #: Seconds between keep-alive comments on an idle event stream.
 PING_S = 10.0
@@ -114,14 +119,7 @@ def train_remote_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]
     runs = RemoteRuns(ctx, store)
 
     def guarded(handler: Endpoint) -> Endpoint:
-        async def endpoint(request: Request) -> Response:
-            try:
-                check_management(cfg, request)
-                return await handler(request)
-            except EdgewireError as exc:
-                return error_response(exc)
-
-        return endpoint
+        return guard(cfg, handler)
 
     async def datasets(request: Request) -> Response:
         cap = 4096 + BYTES_PER_ENTRY * cfg.max_dataset_files
@@ -312,7 +310,7 @@ async def _follow(ctx: PortContext, run: RemoteRun, after: int) -> AsyncIterator
         changed = run.changed  # taken before reading: a wake-up in between is not missed
         chunk, seq, missed = run.ring.after(seq)
         if missed:
-            yield f'event: gap\ndata: {{"missed":{missed}}}\n\n'.encode()
+            yield sse.encode("gap", {"missed": missed})
         if chunk:
             yield chunk
             quiet_since = loop.time()
@@ -321,7 +319,7 @@ async def _follow(ctx: PortContext, run: RemoteRun, after: int) -> AsyncIterator
         if ended and seq >= run.ring.last_seq:
             return
         if ctx.stopping.is_set():
-            yield b'event: agent_stopping\ndata: {"error":"the agent is stopping"}\n\n'
+            yield sse.encode("agent_stopping", {"error": "the agent is stopping"})
             return
         try:
             async with asyncio.timeout(POLL_S):
@@ -329,5 +327,5 @@ async def _follow(ctx: PortContext, run: RemoteRun, after: int) -> AsyncIterator
         except TimeoutError:
             pass
         if loop.time() - quiet_since >= PING_S:
-            yield b": ping\n\n"
+            yield sse.KEEPALIVE
             quiet_since = loop.time()

@@ -90,8 +90,9 @@ async def _demo(
     from edgewire.train.stream_client import StreamOptions, spec_for, stream_training
 
     config = AgentConfig(
-        host="127.0.0.1", port=0, http_port=0, legacy_ports={"mnistprot": 0}, data_dir=data_dir
-    )
+        host="127.0.0.1", port=0, http_port=0, legacy_ports={"mnistprot": 0}, data_dir=data_dir,
+        run_source_allow=frozenset({str(data_dir / "workspace")}),  # the generated videos
+    )  # fmt: skip
     agent = Agent(config)
     await agent.start()
     try:

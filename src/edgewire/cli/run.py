@@ -164,9 +164,8 @@ def _follow(
 def _events(stream: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """(id, event, data) of a server-sent event stream; comments are skipped."""
     decoder = sse.Decoder()
-    for line in stream.iter_lines():
-        event = decoder.line(line)
-        if event is not None:
+    for chunk in stream.iter_bytes():
+        for event in decoder.feed(chunk):
             yield event.seq or 0, event.kind, event.data
 
 

@@ -39,11 +39,18 @@ from edgewire.cli.common import console, err_console, run
 from edgewire.cli.progress import TrainDisplay
 from edgewire.client.native import tls_from_env
 from edgewire.data.manifest import Manifest, pack, scan_folder
-from edgewire.errors import ConfigError, ConnectError, RemoteError, TrainError
-from edgewire.fsutil import atomic_write_bytes, disk_errors, fsync_dir
+from edgewire.errors import (
+    ConfigError,
+    ConnectError,
+    ProtocolError,
+    RemoteError,
+    TrainError,
+)
+from edgewire.fsutil import atomic_write_bytes, disk_errors, fsync_dir, sha256_file
 from edgewire.ports import DEFAULT_HTTP_PORT, parse_address
 from edgewire.project.workspace import DATASET, LATEST, RUNS
-from edgewire.train.folder import FolderOptions
+from edgewire.train.folder import RESULT_FILES, FolderOptions
+from edgewire.wire import sse
 
 #: Files uploaded at once (keep-alive connections to the agent).
 PARALLEL = 4
@@ -52,6 +59,8 @@ PACK_FILE_MAX = 1 << 20
 PACK_FILES, PACK_BYTES = 1000, 4 << 20
 #: Tries to pick a dropped event stream up again, with backoff doubling from 0.5 s.
 RECONNECTS = 5
+#: Largest event (and line) of the agent's event stream the client takes in.
+MAX_EVENT_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
@@ -154,7 +163,7 @@ async def _remote(
         uploads = [(sha, paths[sha], manifest.blobs()[sha]) for sha in missing]
         init_sha = None
         if init is not None:
-            init_sha = await asyncio.to_thread(_sha256, init)
+            init_sha = await asyncio.to_thread(sha256_file, init)
             uploads.append((init_sha, init, await asyncio.to_thread(os.path.getsize, init)))
         await _upload(client, uploads, as_json=as_json)
         body = {"dataset": answer["dataset"], "options": options.to_dict(), "init": init_sha,
@@ -179,14 +188,6 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, **kw: Any) ->
         return await client.request(method, path, **kw)
     except httpx.HTTPError as exc:
         raise ConnectError(f"cannot reach {client.base_url}: {exc or type(exc).__name__}") from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _bar(as_json: bool) -> Progress:
@@ -353,24 +354,10 @@ async def _sse(
         if response.status_code >= 400:
             await response.aread()
             check(response, "following the run")
-        seq: int | None = None
-        kind, data = "message", ""
-        async for line in response.aiter_lines():
-            if not line:
-                if data:
-                    yield seq, kind, json.loads(data)
-                seq, kind, data = None, "message", ""
-            elif line.startswith(":"):
-                continue  # keep-alive
-            else:
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "id" and value.isdigit():
-                    seq = int(value)
-                elif name == "event":
-                    kind = value
-                elif name == "data":
-                    data += value
+        decoder = sse.Decoder(max_bytes=MAX_EVENT_BYTES)
+        async for chunk in response.aiter_bytes():
+            for event in decoder.feed(chunk):
+                yield event.seq, event.kind, event.data
 
 
 async def _finish(
@@ -388,6 +375,12 @@ async def _finish(
 
     runs = workspace / RUNS
     target = runs / where.run_id
+    named = {str(n) for n in (*files, *summary.get("files", {}).values())}
+    odd = sorted(named - set(RESULT_FILES))
+    if odd:  # the names become local file names
+        shown = ", ".join(repr(n[:80]) for n in odd[:3])
+        raise ProtocolError(f"the agent named result file(s) {shown}, not among "
+                            f"{', '.join(RESULT_FILES)}; nothing was downloaded")  # fmt: skip
     partial = runs / f".{where.run_id}.partial-{secrets.token_hex(4)}"
     partial.mkdir(parents=True)
     try:

@@ -93,6 +93,7 @@ def parse_manifest(raw: object, *, max_files: int, max_bytes: int) -> Manifest:
             f"the data set has {len(items)} files, over max_dataset_files ({max_files})"
         )
     entries: dict[str, Entry] = {}
+    sizes: dict[str, int] = {}
     total = 0
     for item in items:
         if not isinstance(item, Mapping) or set(item) != {"path", "sha256", "size"}:
@@ -105,6 +106,12 @@ def parse_manifest(raw: object, *, max_files: int, max_bytes: int) -> Manifest:
             raise ProtocolError(f"{path!r}: size must be a whole number of bytes, got {size!r}")
         if path in entries:
             raise ProtocolError(f"manifest path {path!r} is listed twice")
+        if sizes.setdefault(digest, size) != size:
+            # One content has one size: the store keys its files by sha256 alone.
+            raise ProtocolError(
+                f"{path!r}: sha256 {digest[:12]}... is listed with {sizes[digest]} bytes "
+                f"and with {size}; one file content has one size"
+            )
         total += size
         if total > max_bytes:
             raise FrameTooLarge(f"the data set is over max_dataset_bytes ({max_bytes} bytes)")

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 LABELS_KEY, PREPROCESSING_KEY = "labels", "preprocessing"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -137,6 +139,7 @@ def _eval_data(
     size = meta.get("image_size") if isinstance(meta.get("image_size"), int) else None
     dataset = meta.get("dataset")
     if data is None and meta.get("splits") and isinstance(dataset, str):
+        dataset = _run_dataset(dataset, path)
         if not Path(dataset, "test").is_dir():
             raise ConfigError(
                 f"the run's dataset {dataset!r} has no test/ split any more; "
@@ -155,6 +158,23 @@ def _eval_data(
     fraction = float(meta.get("val_fraction") or 0.1)
     _, held = loaded.split(val_fraction=fraction, seed=int(meta.get("seed") or 0))
     return None, held, "held-out"
+
+
+def _run_dataset(dataset: str, checkpoint: Path) -> str:
+    """The split folder a run trained on: its meta's, resolved against the workspace
+    the run is in (``WS/runs/RUN/`` → ``WS``) when relative, as a remote run's is; or,
+    when that folder is gone (the run came from another machine), the workspace's."""
+    from edgewire.project.workspace import DATASET
+
+    workspace = checkpoint.resolve().parent.parent.parent
+    named = Path(dataset)
+    if not named.is_absolute():
+        named = workspace / named
+    if named.is_dir() or not (workspace / DATASET).is_dir():
+        return str(named)
+    log.warning("the run's dataset %s is not here; using its workspace's %s",
+                dataset, workspace / DATASET)  # fmt: skip
+    return str(workspace / DATASET)
 
 
 def _fp16(src: Path, dst: Path) -> None:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 CHECKPOINT, LAST, ONNX = "checkpoint.safetensors", "last.safetensors", "model.onnx"
 HISTORY, REPORT = "history.jsonl", "report.json"
 CONFUSION_TXT, CONFUSION_PNG = "confusion.txt", "confusion.png"
+#: The files a run folder may hold, in the order a remote client downloads them.
+RESULT_FILES = (CHECKPOINT, LAST, ONNX, HISTORY, REPORT, CONFUSION_TXT, CONFUSION_PNG)
 _MAX_EPOCHS = 100_000
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
 _MAX_BUDGET_MB = 1 << 24  # 16 TB: anything larger is a typo
@@ -128,13 +130,18 @@ def train_folder(
     init: Path | None = None,
     on_event: EventHandler | None = None,
     should_stop: Callable[[], bool] | None = None,
+    recorded_as: str | None = None,
 ) -> dict[str, Any]:
     """Train on the split folder ``dataset`` into ``out``; a JSON-safe summary.
 
     ``init`` is a checkpoint file to fine-tune from (tensors whose name and shape
     match are loaded; a different class count gets a new head). ``should_stop()``
     is polled between batches: a stop ends the epoch there, keeps the best
-    checkpoint so far and writes the report as usual.
+    checkpoint so far and writes the report as usual (an exception it raises ends
+    the run at once, with no report). ``recorded_as`` is what the checkpoints' meta
+    names the data set by (default: its absolute path; a path relative to the
+    workspace, as a remote run gives, is resolved by ``export``), and ``init`` by its
+    file name then: no path of this machine goes into them.
     """
     from edgewire.train.checkpoint import load_checkpoint, save_checkpoint
     from edgewire.train.memory import fit_batch_size, oom_as_one_line
@@ -158,11 +165,15 @@ def train_folder(
     )
     transform = _augment(options) if options.augment else None
     with _made_dir(out):
+        named = str(dataset) if recorded_as is None else recorded_as
+        init_named = None
+        if init is not None:
+            init_named = str(Path(init).resolve()) if recorded_as is None else Path(init).name
         meta: dict[str, Any] = {
-            "dataset": str(dataset), "data": str(dataset), "splits": True,
+            "dataset": named, "data": named, "splits": True,
             "image_size": options.image_size, "classes": list(train.classes), "seed": options.seed,
             "model": options.model, "epochs": options.epochs, "options": options.to_dict(),
-            "init": str(Path(init).resolve()) if init is not None else None,
+            "init": init_named,
         }  # fmt: skip
         history: list[dict[str, Any]] = []
         best_acc, best_epoch, stale = -1.0, -1, 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgewire.errors import TrainError
+from edgewire.errors import ConfigError, TrainError
 
 if TYPE_CHECKING:
     import torch
@@ -187,6 +187,20 @@ def fit_batch_size(
             f"an epoch) that fits {where} ({need})"
         )
     return Fit(batch, reason, fixed, per_sample, budget)
+
+
+def check_data_size(images: int, image_size: int, max_bytes: int) -> int:
+    """The bytes ``images`` images at ``image_size`` take once loaded (uint8, three
+    channels at most), counted ``_INPUT_COPIES`` times for the copies training makes;
+    a ConfigError naming the cap (``max_train_data_bytes``) if that is over it."""
+    need = images * 3 * image_size * image_size * _INPUT_COPIES
+    if need > max_bytes:
+        raise ConfigError(
+            f"{images:,} images at image_size {image_size} take about {need / 2**20:,.0f} MiB "
+            f"in memory, over the agent's cap of {max_bytes / 2**20:,.0f} MiB "
+            "(max_train_data_bytes); use a smaller image_size or fewer images"
+        )
+    return need
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

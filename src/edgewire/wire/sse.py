@@ -3,8 +3,9 @@ runs) send, and the decoder their followers read them with.
 
 Each event is ``id: N``, ``event: KIND`` and one ``data:`` line of strict JSON, then a
 blank line; a line starting with ``:`` is a keep-alive comment. The decoder takes
-lines (as an HTTP client's ``iter_lines`` gives them) and returns whole events; a
-line or an event over its cap is a ``FrameTooLarge``, never an unbounded buffer.
+the stream's bytes as they come (an HTTP client's ``iter_lines`` would hold a line
+without end in memory) and returns whole events; a line or an event over its cap is
+a ``FrameTooLarge``, never an unbounded buffer.
 """
 
 from __future__ import annotations
@@ -36,11 +37,24 @@ class Event:
 
 
 class Decoder:
-    """Feed it lines without their line ends; it returns an :class:`Event` at each blank line."""
+    """``feed(bytes)`` gives the events completed so far; ``line(str)`` takes one line."""
 
     def __init__(self, *, max_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max = max_bytes
+        self._pending = b""
         self._reset()
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        if len(self._pending) > self._max:
+            raise FrameTooLarge(f"a line of the agent's stream is over {self._max} bytes")
+        events = []
+        for raw in lines:
+            event = self.line(raw.removesuffix(b"\r").decode("utf-8", errors="replace"))
+            if event is not None:
+                events.append(event)
+        return events
 
     def _reset(self) -> None:
         self._seq: int | None = None

@@ -208,7 +208,10 @@ def report(args: argparse.Namespace, captured: dict[str, float], trained: dict[s
             f"Capture from an MJPG video file: **{captured['fps']:,.0f} frames/s** "
             f"({captured['frames']} frames, stored as JPEG).",
             markdown_table(train_head, train_rows),
-            "Target: remote ≥ 0.9 of local.",
+            "Target: remote ≥ 0.9 of local. Each is the wall time of the whole `edgewire "
+            "train run` command: the local one also starts Python and imports torch on core "
+            "1 (about 2 s), where the remote agent is already running; the remote one "
+            "hashes, uploads, follows and downloads from core 0.",
             markdown_table(variant_head, variant_rows),
             "Target: int8 within 1 point of fp32.",
             markdown_table(run_head, run_rows),

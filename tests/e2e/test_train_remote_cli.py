@@ -24,15 +24,19 @@ def train_cmd(port: int, ws: Path, run_id: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_train_run_on_a_remote_agent_then_resume_sends_nothing(
-    tmp_path: Path, start_agent: StartAgent
-) -> None:
+def _setup(tmp_path: Path, start_agent: StartAgent) -> tuple[Path, int, dict[str, str]]:
+    """A two-class workspace of real digits, an agent with a token, the CLI's env."""
     ws = tmp_path / "ws"
     Workspace.init(ws, ["0", "1"])
     write_split(ws / "dataset", ["0", "1"], {"train": 16, "val": 6, "test": 6})
     agent = start_agent(tmp_path / "agent", "--token", TOKEN)
-    http = agent.ports["http"]
-    env = {**os.environ, "EDGEWIRE_TOKEN": TOKEN, "COLUMNS": "200"}
+    return ws, agent.ports["http"], {**os.environ, "EDGEWIRE_TOKEN": TOKEN, "COLUMNS": "200"}
+
+
+def test_train_run_on_a_remote_agent_then_resume_sends_nothing(
+    tmp_path: Path, start_agent: StartAgent
+) -> None:
+    ws, http, env = _setup(tmp_path, start_agent)
 
     done = subprocess.run(train_cmd(http, ws, "first", "--json"), capture_output=True,
                           text=True, timeout=300, env=env)  # fmt: skip
@@ -77,12 +81,7 @@ def test_train_run_on_a_remote_agent_then_resume_sends_nothing(
 def test_ctrl_c_leaves_the_run_going_and_attach_brings_it_home(
     tmp_path: Path, start_agent: StartAgent
 ) -> None:
-    ws = tmp_path / "ws"
-    Workspace.init(ws, ["0", "1"])
-    write_split(ws / "dataset", ["0", "1"], {"train": 16, "val": 6, "test": 6})
-    agent = start_agent(tmp_path / "agent", "--token", TOKEN)
-    http = agent.ports["http"]
-    env = {**os.environ, "EDGEWIRE_TOKEN": TOKEN, "COLUMNS": "200"}
+    ws, http, env = _setup(tmp_path, start_agent)
     cmd = [*train_cmd(http, ws, "bg", "--json"), "--epochs", "20"]  # the last --epochs wins
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env)  # fmt: skip

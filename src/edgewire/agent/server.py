@@ -389,6 +389,15 @@ class Agent:
         from edgewire.agent.live_api import live_routes
 
         routes = [*routes, *live_routes(self.context, self.live)]
+        # The dashboard's APIs: workspaces here, other agents (registry, proxy, deploy).
+        from edgewire.agent.peers import peers_routes
+        from edgewire.agent.workspaces_api import workspaces_routes
+
+        routes = [*routes, *workspaces_routes(self.context), *peers_routes(self.context)]
+        # The dashboard's pages last: its "/" and "/static" do not shadow an API route.
+        from edgewire.dashboard.routes import dashboard_routes
+
+        routes = [*routes, *dashboard_routes(self.context)]
         tls = self.tls
         config = uvicorn.Config(
             create_app(self.context, routes=routes),

@@ -29,6 +29,7 @@ from edgewire.agent.http_common import (
 )
 from edgewire.agent.management import management_routes
 from edgewire.agent.openapi import OPENAPI_PATH, document
+from edgewire.agent.sessions import Sessions
 from edgewire.errors import DataError, EdgewireError, ModelNotFound, ProtocolError
 from edgewire.serve import kserve
 from edgewire.serve.backends.trt_cache import BUILDS
@@ -52,6 +53,8 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
         openapi_url=None,
     )
     serving = agent.serving
+    # The dashboard's browser sessions (check_management reads them from here).
+    app.state.sessions = Sessions()
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -166,6 +169,9 @@ def create_app(agent: PortContext, *, routes: Iterable[Route] = ()) -> FastAPI:
             # A big JSON body takes a while to parse: off the loop, so others are served.
             parsed = await asyncio.to_thread(parse) if len(body) > PARSE_INLINE_BYTES else parse()
             served = await serving.infer(name, parsed.inputs)
+            agent.metrics.latency_ms["http"].append(
+                served.result.queue_ms + served.result.compute_ms
+            )
             outputs = served.result.outputs
             if parsed.outputs is not None:
                 missing = [o.name for o in parsed.outputs if o.name not in outputs]

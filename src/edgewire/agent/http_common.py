@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from edgewire.agent.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Sessions
 from edgewire.config import AgentConfig, is_loopback
 from edgewire.errors import (
     AuthError,
@@ -174,16 +175,49 @@ async def read_body(
 
 
 def check_management(config: AgentConfig, request: Request) -> None:
-    """Management needs the token; with none configured, only loopback callers."""
+    """Management needs the token (a Bearer header, or the dashboard's session cookie
+    with its CSRF header when the request changes state); with none configured, only
+    loopback callers. A browser's cross-site request that changes state is refused
+    either way (its ``Origin`` is not this agent)."""
+    unsafe = request.method not in SAFE_METHODS
+    if unsafe:
+        _check_origin(request)
     token = config.token
     if token:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token.encode()
         ):
-            raise AuthError("a valid 'Authorization: Bearer <token>' header is required")
-        return
+            return
+        sessions = sessions_of(request)
+        session = None if sessions is None else sessions.get(request.cookies.get(COOKIE))
+        if sessions is not None and session is not None:
+            if unsafe and not sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+                raise AuthError(
+                    "this request changes state: it needs the page's X-Edgewire-CSRF header"
+                )
+            return
+        raise AuthError("a valid 'Authorization: Bearer <token>' header is required")
     client = request.client.host if request.client else ""
     if not is_loopback(client):
         raise AuthError("management from other hosts needs the agent to run with --token")
+
+
+def sessions_of(request: Request) -> Sessions | None:
+    """The dashboard sessions of the app serving ``request`` (None outside the agent's app)."""
+    app = request.scope.get("app")
+    state = getattr(app, "state", None)
+    found = getattr(state, "sessions", None)
+    return found if isinstance(found, Sessions) else None
+
+
+def _check_origin(request: Request) -> None:
+    """Refuse a browser's request from another site: its Origin names another host."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return  # not a browser's cross-origin request (curl, httpx, the CLI)
+    host = request.headers.get("host", "")
+    _, _, rest = origin.partition("://")
+    if not host or rest.rstrip("/").lower() != host.lower():
+        raise AuthError(f"a request from another site ({origin[:80]!r}) is refused")

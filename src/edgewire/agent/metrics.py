@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from edgewire.wire.frames import MsgType
+
+#: The protocols whose answers are counted, and whose latencies the dashboard shows.
+PROTOCOLS = ("native", "mnistprot", "http")
+#: Latencies kept per protocol for the dashboard's p50/p99 (the newest; a deque append).
+LATENCY_SAMPLES = 4096
 
 
 class AgentMetrics:
@@ -101,8 +108,10 @@ class AgentMetrics:
         )
 
         # Children looked up once: labels() takes a lock and a dict lookup per call.
-        self.answered = {
-            p: self.infer_requests_total.labels(p) for p in ("native", "mnistprot", "http")
+        self.answered = {p: self.infer_requests_total.labels(p) for p in PROTOCOLS}
+        #: Queue + compute milliseconds of the newest answers, by protocol.
+        self.latency_ms: dict[str, deque[float]] = {
+            p: deque(maxlen=LATENCY_SAMPLES) for p in PROTOCOLS
         }
         self.frames = {t: self.frames_total.labels(t.name) for t in MsgType}
 

@@ -88,4 +88,5 @@ async def _answer(agent: PortContext, raw: bytes) -> bytes:
             f"the model gives {scores.size} outputs; MnistProt carries {OUTPUT_LEN}"
         )
     agent.metrics.answered["mnistprot"].inc()
+    agent.metrics.latency_ms["mnistprot"].append(served.result.queue_ms + served.result.compute_ms)
     return encode_response(scores, served.result.compute_ms)

@@ -155,6 +155,7 @@ async def _infer(
             return
         served = await agent.serving.infer(model, inputs, deadline_ms=deadline_ms)
         result = served.result
+        agent.metrics.latency_ms["native"].append(result.queue_ms + result.compute_ms)
         stream.send(
             MsgType.INFER_RESPONSE,
             {

@@ -129,7 +129,7 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
                     return render(request, "refused.html", status=403, title="Not allowed")
                 target = urllib.parse.quote(request.url.path, safe="/")
                 return RedirectResponse(f"/login?next={target}", status_code=303)
-            params = {k: str(v) for k, v in request.path_params.items()}
+            params: dict[str, Any] = {k: str(v) for k, v in request.path_params.items()}
             if "ws" in params:
                 try:
                     check_name(params["ws"], what="workspace name")

@@ -10,12 +10,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from edgewire.agent.gate import check_gate_file
-from edgewire.cli.gate_data import pack_gate_data
 from edgewire.errors import DataError, GateRefused
+from edgewire.project.gate_data import pack_gate_data
 from tests.agent.gate_models import dark_bright, gate_folder
 from tests.e2e.conftest import EDGEWIRE, StartAgent
 
@@ -59,9 +58,7 @@ def test_gated_deploy_from_the_command_line(tmp_path: Path, start_agent: StartAg
     assert listing.returncode == 0, listing.stderr
 
 
-def test_gate_data_is_compressed_and_a_balanced_subset_fits_the_cap(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gate_data_is_compressed_and_a_balanced_subset_fits_the_cap(tmp_path: Path) -> None:
     model = dark_bright(tmp_path / "good.onnx")
     rng = np.random.default_rng(0)  # noise: it barely compresses
     for name, count in (("bright", 40), ("dark", 60)):
@@ -69,15 +66,14 @@ def test_gate_data_is_compressed_and_a_balanced_subset_fits_the_cap(
         for i in range(count):
             image = rng.integers(0, 256, (4, 4), dtype=np.uint8)
             Image.fromarray(image, "L").save(tmp_path / "g" / name / f"{i:02}.png")
-    whole, n = pack_gate_data(tmp_path / "g", model)
-    assert n == 100 and capsys.readouterr().err == ""
+    notes: list[str] = []
+    whole, n = pack_gate_data(tmp_path / "g", model, note=notes.append)
+    assert n == 100 and notes == []
     with zipfile.ZipFile(io.BytesIO(whole)) as archive:
         assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
-    body, n = pack_gate_data(tmp_path / "g", model, max_bytes=1200)
+    body, n = pack_gate_data(tmp_path / "g", model, max_bytes=1200, note=notes.append)
     assert len(body) <= 1200 and 10 < n < 100
-    assert capsys.readouterr().err.strip() == (
-        f"gate: {n} of 100 test images (the most that fit 1200 bytes)"
-    )
+    assert notes == [f"gate: {n} of 100 test images (the most that fit 1200 bytes)"]
     with np.load(io.BytesIO(body)) as npz:
         assert np.bincount(npz["y"]).tolist() == [n // 2, n // 2]  # the same of each class
     assert pack_gate_data(tmp_path / "g", model, max_bytes=1200)[0] == body  # deterministic

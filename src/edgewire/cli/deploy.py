@@ -100,9 +100,12 @@ def _gate(
         raise ConfigError(f"--no-worse-than-current is points in 0..100, got {no_worse!r}")
     if model.is_dir():
         raise ConfigError("--gate-data is for one model file, not a split folder")
-    from edgewire.cli.gate_data import pack_gate_data
+    from edgewire.cli.common import err_console
+    from edgewire.project.gate_data import pack_gate_data
 
-    npz, samples = pack_gate_data(data, model)
+    npz, samples = pack_gate_data(
+        data, model, note=lambda line: err_console.print(line, highlight=False)
+    )
     return Gate(npz=npz, samples=samples, min_accuracy=min_accuracy, no_worse_than=no_worse)
 
 

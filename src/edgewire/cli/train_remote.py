@@ -37,8 +37,9 @@ from rich.progress import (
 from edgewire.cli.agent_http import auth_headers, check
 from edgewire.cli.common import console, err_console, run
 from edgewire.cli.progress import TrainDisplay
+from edgewire.client import remote_train
 from edgewire.client.native import tls_from_env
-from edgewire.data.manifest import Manifest, pack, scan_folder
+from edgewire.data.manifest import Manifest
 from edgewire.errors import (
     ConfigError,
     ConnectError,
@@ -52,16 +53,11 @@ from edgewire.project.workspace import DATASET, LATEST, RUNS
 from edgewire.train.folder import RESULT_FILES, FolderOptions
 from edgewire.wire import sse
 
-#: Files uploaded at once (keep-alive connections to the agent).
-PARALLEL = 4
-#: Files up to this size go up in packs of up to PACK_FILES files and PACK_BYTES bytes.
-PACK_FILE_MAX = 1 << 20
-PACK_FILES, PACK_BYTES = 1000, 4 << 20
 #: Tries to pick a dropped event stream up again, with backoff doubling from 0.5 s.
 RECONNECTS = 5
 #: Largest event (and line) of the agent's event stream the client takes in.
 MAX_EVENT_BYTES = 1 << 20
-_CHUNK = 1 << 20
+_CHUNK = remote_train.CHUNK
 
 
 @dataclass
@@ -79,7 +75,7 @@ class _Where:
             headers=self.headers,
             verify=context if context is not None else True,
             timeout=httpx.Timeout(30.0, read=read),
-            limits=httpx.Limits(max_connections=PARALLEL + 1),
+            limits=httpx.Limits(max_connections=remote_train.PARALLEL + 1),
         )
 
 
@@ -152,8 +148,8 @@ async def _remote(
                           "run `edgewire project split` first")  # fmt: skip
     manifest = await _hash(folder, as_json=as_json)
     async with where.client() as client:
-        answer = check(await _call(client, "POST", "/api/datasets", json=manifest.to_dict()),
-                       "sending the data set's manifest")  # fmt: skip
+        sent = await remote_train.call(client, "POST", "/api/datasets", json=manifest.to_dict())
+        answer = check(sent, "sending the data set's manifest")
         missing = [str(s) for s in answer["missing"]]
         have = sum(1 for e in manifest.files if e.sha256 not in set(missing))
         if have and not as_json:
@@ -168,7 +164,7 @@ async def _remote(
         await _upload(client, uploads, as_json=as_json)
         body = {"dataset": answer["dataset"], "options": options.to_dict(), "init": init_sha,
                 "run_id": where.run_id}  # fmt: skip
-        check(await _call(client, "POST", "/api/train", json=body), "starting the run")
+        check(await remote_train.call(client, "POST", "/api/train", json=body), "starting the run")
         where.started = True
         summary, files = await _follow(where, client, epochs=options.epochs, as_json=as_json)
         return await _finish(where, client, workspace, summary, files, as_json=as_json)
@@ -176,18 +172,11 @@ async def _remote(
 
 async def _attach(where: _Where, workspace: Path, as_json: bool) -> dict[str, Any]:
     async with where.client() as client:
-        status = check(await _call(client, "GET", f"/api/train/{where.run_id}"),
+        status = check(await remote_train.call(client, "GET", f"/api/train/{where.run_id}"),
                        f"looking up run {where.run_id!r}")  # fmt: skip
         epochs = int(status.get("options", {}).get("epochs", 1))
         summary, files = await _follow(where, client, epochs=epochs, as_json=as_json)
         return await _finish(where, client, workspace, summary, files, as_json=as_json)
-
-
-async def _call(client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
-    try:
-        return await client.request(method, path, **kw)
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {client.base_url}: {exc or type(exc).__name__}") from exc
 
 
 def _bar(as_json: bool) -> Progress:
@@ -199,7 +188,7 @@ def _bar(as_json: bool) -> Progress:
 
 
 async def _hash(folder: Path, *, as_json: bool) -> Manifest:
-    total = await asyncio.to_thread(_tree_size, folder)
+    total = await asyncio.to_thread(remote_train.tree_size, folder)
     with _bar(as_json) as bar:
         task = bar.add_task("hashing", total=total, files="0 files")
         done = [0]
@@ -208,11 +197,7 @@ async def _hash(folder: Path, *, as_json: bool) -> Manifest:
             done[0] += 1
             bar.update(task, advance=size, files=f"{done[0]:,} files")
 
-        return await asyncio.to_thread(scan_folder, folder, on_file=on_file)
-
-
-def _tree_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        return await remote_train.hash_folder(folder, on_file=on_file)
 
 
 async def _upload(
@@ -221,56 +206,16 @@ async def _upload(
     """Small files go in packs (one request for many), big ones alone, a few at once."""
     if not uploads:
         return
-    jobs: list[list[tuple[str, Path, int]]] = []
-    pack_bytes = 0
-    for item in sorted(uploads, key=lambda u: u[2]):
-        if item[2] > PACK_FILE_MAX:
-            jobs.append([item])
-            continue
-        if not jobs or len(jobs[-1]) >= PACK_FILES or pack_bytes + item[2] > PACK_BYTES:
-            jobs.append([])
-            pack_bytes = 0
-        jobs[-1].append(item)
-        pack_bytes += item[2]
-    queue: asyncio.Queue[list[tuple[str, Path, int]]] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
     with _bar(as_json) as bar:
         task = bar.add_task("uploading", total=sum(s for _, _, s in uploads),
                             files=f"0/{len(uploads):,} files")  # fmt: skip
         sent = [0]
 
-        async def worker() -> None:
-            while not queue.empty():
-                job = queue.get_nowait()
-                if len(job) == 1 and job[0][2] > PACK_FILE_MAX:
-                    sha, path, size = job[0]
-                    answer = await _call(client, "PUT", f"/api/blobs/{sha}", content=_chunks(path),
-                                         headers={"Content-Length": str(size),
-                                                  "Content-Type": "application/octet-stream"})  # fmt: skip
-                else:
-                    body = await asyncio.to_thread(_pack, job)
-                    answer = await _call(client, "POST", "/api/blobs", content=body,
-                                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
-                check(answer, f"uploading {job[0][1].name}" + (" and more" if len(job) > 1 else ""))
-                sent[0] += len(job)
-                bar.update(task, advance=sum(s for _, _, s in job),
-                           files=f"{sent[0]:,}/{len(uploads):,} files")  # fmt: skip
+        def on_sent(files: int, size: int) -> None:
+            sent[0] += files
+            bar.update(task, advance=size, files=f"{sent[0]:,}/{len(uploads):,} files")
 
-        await asyncio.gather(*(worker() for _ in range(min(PARALLEL, len(jobs)))))
-
-
-def _pack(job: list[tuple[str, Path, int]]) -> bytes:
-    return pack([(sha, path.read_bytes()) for sha, path, _ in job])
-
-
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    f = await asyncio.to_thread(path.open, "rb")
-    try:
-        while chunk := await asyncio.to_thread(f.read, _CHUNK):
-            yield chunk
-    finally:
-        f.close()
+        await remote_train.upload(client, uploads, check=check, on_sent=on_sent)
 
 
 # --- following the run -------------------------------------------------------------------

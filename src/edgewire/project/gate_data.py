@@ -1,16 +1,19 @@
-"""``edgewire deploy --gate-data``: the samples a gated deploy is scored on, packed as .npz.
+"""The samples a gated deploy is scored on, packed as .npz (``edgewire deploy --gate-data``,
+the agent's ``POST /api/deploy``).
 
-``--gate-data`` is a workspace (its ``dataset/test``), a train/val/test folder (its
+The source is a workspace (its ``dataset/test``), a train/val/test folder (its
 ``test``) or a plain image folder, resized to the model's input size (its
 ``edgewire.input_size`` metadata, else its input shape). The file is compressed and
 kept within the agent's caps (agent/gate.py): when the images do not all fit, the same
-number of each class is sent, the first of each in file order, and one line says so.
+number of each class is sent, the first of each in file order, and ``note`` is given
+one line that says so.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +44,15 @@ def model_input_size(model: Path) -> tuple[int, int, int]:
 
 
 def pack_gate_data(
-    source: Path, model: Path, *, max_bytes: int = MAX_GATE_BYTES
+    source: Path,
+    model: Path,
+    *,
+    max_bytes: int = MAX_GATE_BYTES,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[bytes, int]:
     """(the compressed .npz bytes, how many samples) for ``source`` at ``model``'s input
-    size: all of them, or the most of a class-balanced subset that fit ``max_bytes``."""
-    from edgewire.cli.common import err_console
+    size: all of them, or the most of a class-balanced subset that fit ``max_bytes``
+    (then ``note`` gets one line saying how many and why)."""
     from edgewire.data.datasets import load_dataset
 
     c, h, w = model_input_size(model)
@@ -85,8 +92,8 @@ def pack_gate_data(
         if n2 < 1:
             raise DataError(f"one gate image is over {_size(max_bytes)} compressed")
         n, why = n2, f"the most that fit {_size(max_bytes)}"
-    if n < len(y):
-        err_console.print(f"gate: {n} of {len(y)} test images ({why})", highlight=False)
+    if n < len(y) and note is not None:
+        note(f"gate: {n} of {len(y)} test images ({why})")
     return body, n
 
 

@@ -31,7 +31,7 @@ server-side path meant for a remote peer.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 # Filled in by EdgewireError.__init_subclass__, so that a code is registered once.
 _BY_CODE: dict[str, type[EdgewireError]] = {}
@@ -51,8 +51,10 @@ class EdgewireError(Exception):
     http_status: ClassVar[int] = 500
     help: ClassVar[str] = "An unexpected error; please report it."
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message or self.help)
+        #: Numbers or names a client can show besides the message (the gate's scores).
+        self.details = details
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,8 +132,14 @@ class RemoteError(EdgewireError):
     http_status = 502
     help = "The peer reported an error."
 
-    def __init__(self, message: str = "", *, remote_code: str = "internal") -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        remote_code: str = "internal",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
         self.remote_code = remote_code
 
 

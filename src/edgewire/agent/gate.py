@@ -178,10 +178,11 @@ def score(
         against = f", the served version {current.version} {100 * cur_acc:.1f}%"
     shown = f"version {new.version} scored {100 * new_acc:.1f}%"
     n = len(data.y)
+    scores = {"accuracy": new_acc, "current_accuracy": cur_acc, "samples": n}
     if gate.min_accuracy is not None and new_acc < gate.min_accuracy:
         raise GateRefused(f"gate refused {new.name}: {shown}{against} on {n} samples, under "
-                          f"--min-accuracy {gate.min_accuracy:g}")  # fmt: skip
+                          f"--min-accuracy {gate.min_accuracy:g}", details=scores)  # fmt: skip
     if cur_acc is not None and new_acc < cur_acc - (gate.no_worse_than or 0.0) / 100:
         raise GateRefused(f"gate refused {new.name}: {shown}{against} on {n} samples, more than "
-                          f"{gate.no_worse_than or 0:g} points worse")  # fmt: skip
+                          f"{gate.no_worse_than or 0:g} points worse", details=scores)  # fmt: skip
     return new_acc, cur_acc

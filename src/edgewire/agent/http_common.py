@@ -65,7 +65,7 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
     code = status or exc.http_status
     headers = {"Retry-After": "1"} if code == 503 else None
     return Response(
-        kserve.error_body(exc.message, exc.code),
+        kserve.error_body(exc.message, exc.code, exc.details),
         status_code=code,
         media_type="application/json",
         headers=headers,

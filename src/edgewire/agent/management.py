@@ -150,7 +150,7 @@ async def _serves(store: Any, name: str, alias: str) -> bool:
     return DEFAULT_ALIAS not in await asyncio.to_thread(store.aliases, name)
 
 
-async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
+async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> dict[str, Any]:
     """Score ``version`` and the served one on the gate data. A refused version stays
     stored (not served, no alias moved), so it can still be activated by hand, unless a
     restart would serve it (the model has no ``production`` alias): then it is deleted."""
@@ -165,12 +165,14 @@ async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
         default = await asyncio.to_thread(store.resolve, version.name)
         if default.version != version.version:
             raise GateRefused(
-                f"{exc.message}; stored as version {version.version}, not served"
+                f"{exc.message}; stored as version {version.version}, not served",
+                details=exc.details,
             ) from None
         await asyncio.to_thread(store.delete, version.name, version.version)
         raise GateRefused(
             f"{exc.message}; version {version.version} deleted (with no "
-            f"{DEFAULT_ALIAS!r} alias a restart would serve it)"
+            f"{DEFAULT_ALIAS!r} alias a restart would serve it)",
+            details=exc.details,
         ) from None
     except (EdgewireError, MemoryError) as exc:  # bad gate data or a model it cannot score
         with contextlib.suppress(EdgewireError):
@@ -182,6 +184,7 @@ async def _pass_gate(serving: Any, gate: Gate, version: ModelVersion) -> None:
         gate.data.unlink(missing_ok=True)  # each gate file is for one upload
     log.info("gate passed by %s: %.1f%% (served: %s)", version.label, 100 * new_acc,
              "none" if cur_acc is None else f"{100 * cur_acc:.1f}%")  # fmt: skip
+    return {"accuracy": new_acc, "current_accuracy": cur_acc, "passed": True}
 
 
 async def add_and_serve(
@@ -194,13 +197,15 @@ async def add_and_serve(
     file_name: str | None = None,
     activate: bool = True,
     gate: Gate | None = None,
+    gate_report: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Store the model at ``path`` (companions beside it) as the next version of ``name``
     and, with ``activate``, load and warm it up and only then move ``alias`` to it.
 
     What uploads and automated deploys share, so that both check a model the same way. A
     version that does not load is deleted and the old one keeps serving; an alias that
-    cannot move leaves what it still names serving.
+    cannot move leaves what it still names serving. A passed gate's scores go into
+    ``gate_report`` when one is given.
     """
     serving = agent.serving
     store = serving.store
@@ -209,7 +214,9 @@ async def add_and_serve(
     finally:
         agent.disk.changed()
     if gate is not None:
-        await _pass_gate(serving, gate, version)
+        scores = await _pass_gate(serving, gate, version)
+        if gate_report is not None:
+            gate_report.update(scores)
     if activate and not await _serves(store, name, alias):
         # Another alias (canary, staging): checked as a served version would be, the
         # alias moves, and what serves stays what a restart would serve (production).
@@ -287,9 +294,10 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             )
             if size == 0:
                 raise ModelError("the upload is empty")
+            scores: dict[str, Any] = {}
             version = await add_and_serve(
                 agent, name, tmp, alias=alias, sha256=sha256, file_name=file_name,
-                activate=activate, gate=gate,
+                activate=activate, gate=gate, gate_report=scores,
             )  # fmt: skip
         finally:
             await asyncio.to_thread(shutil.rmtree, private, True)
@@ -300,6 +308,8 @@ def management_routes(agent: PortContext) -> list[tuple[str, Endpoint, list[str]
             "format": version.format,
             "sha256": version.sha256,
         }
+        if scores:
+            body["gate"] = scores
         if activate:
             body["alias"] = alias
             body["active"] = serving.served_version(name) == version.version

@@ -500,9 +500,14 @@ def model_metadata(
     }
 
 
-def error_body(message: str, code: str | None = None) -> bytes:
-    """The protocol's error body, ``{"error": message}``, plus edgewire's error ``code``."""
-    body = {"error": message} if code is None else {"error": message, "code": code}
+def error_body(
+    message: str, code: str | None = None, details: dict[str, Any] | None = None
+) -> bytes:
+    """The protocol's error body, ``{"error": message}``, plus edgewire's error ``code``
+    and, where the error has them, its ``details``."""
+    body: dict[str, Any] = {"error": message} if code is None else {"error": message, "code": code}
+    if details:
+        body["details"] = details
     return json.dumps(body, separators=_COMPACT).encode()
 
 

@@ -13,8 +13,10 @@ from starlette.routing import BaseRoute, Route
 from edgewire.agent.http import create_app
 from edgewire.agent.live_api import live_routes
 from edgewire.agent.openapi import OPENAPI_PATH, document
+from edgewire.agent.peers import peers_routes
 from edgewire.agent.server import Agent
 from edgewire.agent.train_remote import train_remote_routes
+from edgewire.agent.workspaces_api import workspaces_routes
 from edgewire.config import AgentConfig, load_config
 from tests.helpers import agent_in_thread, automation_toml
 
@@ -44,7 +46,8 @@ def app_routes(routes: list[BaseRoute]) -> set[tuple[str, str]]:
         assert isinstance(route, Route), route  # FastAPI's APIRoute is one too; no mounts
         for method in route.methods or ():
             if method != "HEAD":  # starlette adds HEAD to each GET
-                found.add((route.path, method.lower()))
+                # starlette's {path:path} is OpenAPI's {path}
+                found.add((route.path.replace(":path}", "}"), method.lower()))
     return found
 
 
@@ -61,6 +64,8 @@ def test_the_document_lists_exactly_the_routes_of_the_app(tmp_path: Path, automa
         extra = agent.automation.routes() if agent.automation is not None else []
         extra = [*extra, *train_remote_routes(agent.context)]  # as Agent._start_http mounts
         extra = [*extra, *live_routes(agent.context, agent.live)]  # live runs, likewise
+        extra = [*extra, *peers_routes(agent.context)]  # other agents, likewise
+        extra = [*extra, *workspaces_routes(agent.context)]  # workspaces, likewise
         app = create_app(agent.context, routes=extra)
         hooks = [h.name for h in config.automation.hooks] if config.automation else None
         doc = document(hooks=hooks)

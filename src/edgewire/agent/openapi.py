@@ -412,7 +412,7 @@ def _live_paths() -> dict[str, Schema]:
                       loop={"type": "boolean"})  # fmt: skip
     return {
         "/api/runs": {
-            "post": _operation("Start a live run: a source on the agent's machine, a model, pins", {
+            "post": _operation("Start a live run: a source on the agent's machine (or push), a model, pins", {
                 "201": _json(summary, "Started; follow /api/runs/{id}/events."),
                 "400": _error("A malformed request, a bad source or bad actions."),
                 "403": _error("A command from the network, a POST off run_post_allow, or a "
@@ -441,7 +441,212 @@ def _live_paths() -> dict[str, Schema]:
             "The last event seen: resume after it (or the Last-Event-ID header).")])},
         "/api/runs/{id}/stop": {"post": _operation("Stop a live run (its pins low)", {
             "200": _json(summary, "Stopped."), **no_run}, guarded=True, parameters=[run_id])},
+        "/api/runs/{id}/frame": {
+            "post": _operation("A push run's next frame (the newest wins)", {
+                "202": _json(_object(["frame", "dropped"], frame={"type": "integer"},
+                                     dropped={"type": "integer"}),
+                             "Taken: frames pushed so far, frames never classified."),
+                "400": _error("Not a push run, an ended one, or not one JPEG or PNG image."),
+                "413": _error("Over 4 MiB, or over the pixel limit."), **no_run,
+                "503": _error("Too many frames decoding, or bodies arriving, at once."),
+                "504": _error("The body stalled."),
+            }, guarded=True, parameters=[run_id], requestBody={"required": True, "content": {
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}}}}),
+            "get": _operation("The run's newest classified frame", {
+                "200": {"description": "A JPEG, at most 640 pixels a side.", "content": {
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": _error("No such live run, or no frame of it classified yet."),
+            }, guarded=True, parameters=[run_id]),
+        },
     }  # fmt: skip
+
+
+def _peers_paths() -> dict[str, Schema]:
+    """Other agents: registry, proxy, data set pushes, deploys (``agent/peers.py``,
+    ``agent/deploy_api.py``)."""
+    # fmt: off
+    agent = _path("name", _NAME, "The other agent's name.")
+    public = _object(["name", "url"], name=_NAME, url={"type": "string"})
+    no_agent = {"404": _error("No agent of that name (or no such workspace).")}
+    bad = {"400": _error("A malformed body or a bad field.")}
+    nullable_name: Schema = {"oneOf": [_NAME, {"type": "null"}]}
+    gate = {"oneOf": [{"type": "null"}, _object(
+        ["samples", "min_accuracy", "no_worse_than", "passed"], samples={"type": "integer"},
+        min_accuracy={"type": ["number", "null"]}, no_worse_than={"type": ["number", "null"]},
+        passed={"type": ["boolean", "null"]})]}
+    result = _object(["agent", "ok", "version", "gate", "error"], agent=nullable_name,
+                     ok={"type": "boolean"}, version={"type": ["integer", "null"]}, gate=gate,
+                     error={"type": ["string", "null"]})
+    order = _object(["workspace", "run", "model", "targets"], workspace=_NAME,
+                    run=_object(["run_id"], agent=nullable_name, run_id=_NAME), model=_NAME,
+                    targets={"type": "array", "minItems": 1, "maxItems": 16,
+                             "items": nullable_name},
+                    min_accuracy={"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                    no_worse_than={"type": ["number", "null"], "minimum": 0, "maximum": 100})
+    proxied = {"default": {"description": "The other agent's answer, streamed back as it "
+                                          "came (event streams too).",
+                           "content": {"*/*": {"schema": {}}}},
+               "400": _error("A path off api/, v2/ and metrics, under api/agents, or with "
+                             "'..' or encoded slashes."),
+               "404": _error("No agent of that name."),
+               "502": _error("The other agent cannot be reached."),
+               "503": _error("Too many requests to other agents in flight."),
+               "504": _error("The other agent did not answer in time.")}
+    proxy = {m: _operation(f"{m.upper()} on the other agent's own API, with its token",
+                           proxied, guarded=True,
+                           parameters=[agent, _path("path", {"type": "string"},
+                                                    "Under api/ or v2/, or metrics.")])
+             for m in ("get", "post", "put", "delete", "patch")}
+    return {
+        "/api/agents": {
+            "get": _operation("The other agents this one knows (never their tokens)", {
+                "200": _json(_object(["agents"], agents={"type": "array", "items": public}),
+                             "Sorted by name.")}, guarded=True),
+            "post": _operation("Add another agent: its name, URL and token", {
+                "201": _json(public, "Added."), **bad,
+            }, guarded=True, requestBody={"required": True, "content": {"application/json": {
+                "schema": _object(["name", "url", "token"], name=_NAME,
+                                  url={"type": "string", "pattern": "^https?://"},
+                                  token={"type": "string", "minLength": 8})}}}),
+        },
+        "/api/agents/{name}": {"delete": _operation("Forget another agent", {
+            "200": _json(_object(["deleted"], deleted=_NAME), "Forgotten."), **no_agent,
+        }, guarded=True, parameters=[agent])},
+        "/api/agents/{name}/proxy/{path}": proxy,
+        "/api/agents/{name}/datasets": {"post": _operation(
+            "Send a workspace's split to the other agent for training there", {
+                "200": _json(_object(["agent", "dataset", "files", "uploaded"], agent=_NAME,
+                                     dataset={"type": "string"}, files={"type": "integer"},
+                                     uploaded={"type": "integer"}),
+                             "On the other agent; start POST .../proxy/api/train with it."),
+                **bad, **no_agent,
+                "502": _error("The other agent cannot be reached or refused the upload."),
+                "503": _error("Too many pushes or requests to other agents at once."),
+            }, guarded=True, parameters=[agent], requestBody={"required": True, "content": {
+                "application/json": {"schema": _object(["workspace"], workspace=_NAME)}}})},
+        "/api/deploy": {"post": _operation(
+            "Deploy a run's model to agents behind a gate on the workspace's test split", {
+                "200": _json(_object(["results"], results={"type": "array", "items": result}),
+                             "One result per target, each on its own."),
+                **bad, **no_agent,
+                "502": _error("The run's agent cannot be reached or refused the download."),
+                "503": _error("A deploy is under way."),
+            }, guarded=True, requestBody={"required": True, "content": {
+                "application/json": {"schema": order}}})},
+    }
+    # fmt: on
+
+
+def _workspaces_paths() -> dict[str, Schema]:
+    """Workspaces on the agent: classes, images, capture, split (``agent/workspaces_api.py``)."""
+    # fmt: off
+    ws = _path("ws", _NAME, "The workspace's name.")
+    cls = _path("cls", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                "One of the workspace's classes.")
+    file = _path("file", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"},
+                 "An image's file name, as the workspace lists it.")
+    counts: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+    parts = _object(["train", "val", "test"], train={"type": "integer"},
+                    val={"type": "integer"}, test={"type": "integer"})
+    split: Schema = {"oneOf": [{"type": "null"}, parts]}
+    names: Schema = {"type": "array", "items": {"type": "string"}}
+    summary = _object(["name", "classes", "counts", "split"], name={"type": "string"},
+                      classes=names, counts=counts, split=split, error={"type": "string"})
+    detail = _object(["name", "classes", "counts", "images", "split"], name={"type": "string"},
+                     classes=names, counts=counts, split=split,
+                     images={"type": "object", "additionalProperties": names})
+    bad = {"400": _error("A malformed body, a bad name or field, or an unknown class.")}
+    no_ws = {"404": _error("No such workspace (or image).")}
+    busy = {"503": _error("The workspace is busy (a capture or a split), or the agent is "
+                          "receiving too many bodies at once.")}
+    body_errors = {"413": _error("The body is over its cap."),
+                   "504": _error("The body stalled or took too long."),
+                   "507": _error("The disk budget has no room for it.")}
+    images = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+              "image/png": {"schema": {"type": "string", "format": "binary"}},
+              "image/webp": {"schema": {"type": "string", "format": "binary"}}}
+    served = {k: {"schema": {"type": "string", "format": "binary"}}
+              for k in ("image/jpeg", "image/png", "image/bmp", "image/webp",
+                        "application/octet-stream")}
+
+    def body(schema: Schema) -> Schema:
+        return {"required": False, "content": {"application/json": {"schema": schema}}}
+
+    deleted = _json(_object(["deleted"], deleted={"type": "string"}), "Deleted.")
+    return {
+        "/api/workspaces": {
+            "get": _operation("The workspaces, their classes, image counts and split", {
+                "200": _json(_object(["workspaces"], workspaces={"type": "array",
+                                                                  "items": summary}),
+                             "Sorted by name."),
+            }, guarded=True),
+            "post": _operation("Make a workspace with its classes (at most 64 workspaces)", {
+                "201": _json(detail, "Made."), **bad, **busy, **body_errors,
+                "409": _error("A workspace of that name exists."),
+            }, guarded=True, requestBody={"required": True, "content": {"application/json": {
+                "schema": _object(["name", "classes"], name=_NAME, classes={
+                    "type": "array", "minItems": 2, "maxItems": 256, "items": cls["schema"]})}}}),
+        },
+        "/api/workspaces/{ws}": {
+            "get": _operation("A workspace: classes, counts, image names (newest first), split", {
+                "200": _json(detail, "The workspace."), **bad, **no_ws,
+            }, guarded=True, parameters=[ws]),
+            "delete": _operation("Delete a workspace and all its images", {
+                "200": deleted, **bad, **no_ws, **busy,
+            }, guarded=True, parameters=[ws]),
+        },
+        "/api/workspaces/{ws}/images/{cls}": {"post": _operation(
+            "Add one image to a class (JPEG, PNG or WebP; stored once by its content)", {
+                "201": _json(_object(["file", "new", "count"], file={"type": "string"},
+                                     new={"type": "boolean"}, count={"type": "integer"}),
+                             "Stored (new: false when the class had it already)."),
+                **bad, **no_ws, **busy, **body_errors,
+            }, guarded=True, parameters=[ws, cls], requestBody={"required": True,
+                                                                "content": images})},
+        "/api/workspaces/{ws}/images/{cls}/{file}": {
+            "get": _operation("One image (thumb=1: a JPEG at most 96 pixels a side)", {
+                "200": {"description": "The image.", "content": served}, **bad, **no_ws,
+                "413": _error("The image is too large to make a thumbnail of."),
+            }, guarded=True, parameters=[ws, cls, file, _query("thumb", _FLAG,
+                                                               "1: a small JPEG.")]),
+            "delete": _operation("Delete one image", {
+                "200": deleted, **bad, **no_ws, **busy,
+            }, guarded=True, parameters=[ws, cls, file]),
+        },
+        "/api/workspaces/{ws}/capture": {"post": _operation(
+            "Capture frames from the agent's own camera, stream or video into a class", {
+                "200": _json(_object(["saved", "duplicates", "seen"], saved={"type": "integer"},
+                                     duplicates={"type": "integer"}, seen={"type": "integer"}),
+                             "Done: frames stored, frames already there, frames read."),
+                **bad, **no_ws, **busy, **body_errors,
+                "403": _error("A file or URL source off run_source_allow."),
+                "502": _error("The camera or stream cannot be reached."),
+            }, guarded=True, parameters=[ws], requestBody={"required": True, "content": {
+                "application/json": {"schema": _object(
+                    ["class", "source"], **{"class": cls["schema"]}, source={"type": "string"},
+                    count={"type": "integer", "minimum": 1, "maximum": 1000},
+                    every={"type": "number", "minimum": 0, "maximum": 60})}}})},
+        "/api/workspaces/{ws}/split": {"post": _operation(
+            "Split the images into train/val/test (stratified, seeded)", {
+                "200": _json({**parts, "required": ["train", "val", "test", "classes"],
+                              "properties": {**parts["properties"], "classes": {
+                                  "type": "object", "additionalProperties": parts}}},
+                             "Images in each split, in all and per class."),
+                **bad, **no_ws, **busy, **body_errors,
+            }, guarded=True, parameters=[ws], requestBody=body(_object(
+                ratios={"type": "array", "minItems": 3, "maxItems": 3,
+                        "items": {"type": "number", "minimum": 0, "maximum": 1}},
+                seed={"type": "integer", "minimum": 0, "maximum": 2**32 - 1})))},
+        "/api/workspaces/{ws}/dataset": {"post": _operation(
+            "The split as a data set of this agent, for POST /api/train", {
+                "200": _json(_object(["dataset", "files", "bytes"], dataset={"type": "string"},
+                                     files={"type": "integer"}, bytes={"type": "integer"}),
+                             "Its id, files and bytes."),
+                **bad, **no_ws, **busy, **body_errors,
+            }, guarded=True, parameters=[ws], requestBody=body(_object()))},
+    }
+    # fmt: on
 
 
 def document(*, hooks: Sequence[str] | None) -> Schema:
@@ -466,6 +671,8 @@ def document(*, hooks: Sequence[str] | None) -> Schema:
         **_management_paths(),
         **_train_remote_paths(),
         **_live_paths(),
+        **_peers_paths(),
+        **_workspaces_paths(),
         **({} if hooks is None else _automation_paths(hooks)),
     }  # fmt: skip
     return {

@@ -18,6 +18,7 @@ from edgewire.agent.server import Agent
 from edgewire.agent.train_remote import train_remote_routes
 from edgewire.agent.workspaces_api import workspaces_routes
 from edgewire.config import AgentConfig, load_config
+from edgewire.dashboard.routes import dashboard_routes
 from tests.helpers import agent_in_thread, automation_toml
 
 TOKEN = "openapi-token-123"
@@ -66,6 +67,7 @@ def test_the_document_lists_exactly_the_routes_of_the_app(tmp_path: Path, automa
         extra = [*extra, *live_routes(agent.context, agent.live)]  # live runs, likewise
         extra = [*extra, *peers_routes(agent.context)]  # other agents, likewise
         extra = [*extra, *workspaces_routes(agent.context)]  # workspaces, likewise
+        extra = [*extra, *dashboard_routes(agent.context)]  # the dashboard, likewise
         app = create_app(agent.context, routes=extra)
         hooks = [h.name for h in config.automation.hooks] if config.automation else None
         doc = document(hooks=hooks)

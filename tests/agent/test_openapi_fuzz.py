@@ -44,6 +44,8 @@ TOKEN = "fuzz-token-1234567"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "tiny"
 EXAMPLES = 15
+#: Streams that never end on their own and take no input (tested where they are built).
+ENDLESS = {"/api/overview/events"}
 #: What each answer is checked for.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]  # fmt: skip
@@ -74,6 +76,8 @@ def test_no_generated_request_gets_a_500(running: RunningAgent) -> None:
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path in ENDLESS:
+            continue
         overrides: list[dict[str, Any]] = [{}]
         if operation.path.startswith("/v2/models/"):
             # The real model (and its version), as well as made-up names.

@@ -159,7 +159,10 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
             body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
         except EdgewireError as exc:
             return error_response(exc)
-        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        try:
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than the form has
+            form = {}
         given = (form.get("token") or [""])[0]
         nxt = _safe_next((form.get("next") or ["/"])[0])
         if not hmac.compare_digest(given.encode("utf-8", "replace"), cfg.token.encode()):
@@ -179,7 +182,10 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
         session = session_of(request)
         if sessions is not None and session is not None:
             body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
-            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+            try:
+                form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+            except ValueError:
+                form = {}
             if not sessions.csrf_ok(session, (form.get("csrf") or [""])[0]):
                 return error_response(AuthError("log out from the dashboard's own button"))
             sessions.end(session.id)

@@ -2,16 +2,22 @@
 model, driving the actions of :mod:`edgewire.actions`; their events in a bounded ring.
 
 Called *live* runs here: the agent's training runs are ``runs`` (``RunRegistry``). A run
-reads its source in a thread of its own (a file's next frame every 1/rate s; a camera's
-or stream's newest frame, the others dropped), and classifies on the loop through
+reads its source in a thread of its own (a file's next frame every 1/rate s; a camera's,
+a stream's or a pushed source's newest frame, the others dropped), and classifies on the loop through
 ``Serving.infer``, so a model swapped meanwhile answers from the next frame on. However a
 run ends (stop, end of source, an error, the agent stopping), its pins go low.
+
+Source ``push`` is a run whose caller sends the frames (a browser's camera, through
+``POST /api/runs/{id}/frame``): a :class:`PushSource`, which ends after
+:data:`NO_FRAMES_S` without one. Every run keeps its newest classified frame, shown as a
+JPEG on demand (:meth:`LiveRun.jpeg`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import os
@@ -38,7 +44,9 @@ from edgewire.agent.context import PortContext
 from edgewire.errors import (
     BusyError,
     ConfigError,
+    DataError,
     EdgewireError,
+    FrameTooLarge,
     ModelError,
     NotAllowed,
     one_line,
@@ -59,6 +67,22 @@ OPEN_TIMEOUT_S = 15.0
 ACTION_RESULTS = 100
 #: URL schemes a run's source may have (and only under run_source_allow).
 SOURCE_SCHEMES = ("http", "https", "rtsp")
+#: The source of a run whose frames its caller sends (no allow-list: they are its own).
+PUSH = "push"
+#: A push run ends (reason ``no frames``) when none has come for this many seconds.
+NO_FRAMES_S = 30.0
+#: How often a push source's reader looks up from its empty slot (to notice a stop).
+PUSH_POLL_S = 0.25
+#: Pixels a pushed frame may have, read from its header before it is decoded (4K UHD).
+MAX_PUSH_PIXELS = 3840 * 2160
+PUSH_FORMATS = ("JPEG", "PNG")
+#: Pushed frames of one run decoding at once; one more is answered busy.
+MAX_DECODING = 2
+#: The newest frame is shown (GET /api/runs/{id}/frame) at most this many pixels a side.
+MAX_SHOWN_SIDE = 640
+SHOWN_QUALITY = 80
+#: Frame events carry every class's score when the model has at most this many classes.
+MAX_EVENT_SCORES = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +185,89 @@ class FrameFeed:
         self._thread.join(timeout=2.0)
 
 
+class PushSource:
+    """The frames a run's caller sends, in a slot of one: a frame not read yet is
+    replaced by a newer one (counted in ``dropped``). :meth:`frames` is the source's
+    iterator for a :class:`FrameFeed`; it ends once :meth:`close` is called, or after
+    :data:`NO_FRAMES_S` with no frame (``ended_why`` then says so)."""
+
+    def __init__(self) -> None:
+        self._slot: queue.Queue[Frame] = queue.Queue(maxsize=1)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._last = time.monotonic()
+        self.pushed = 0
+        self.dropped = 0
+        self.decoding = 0
+        self.ended_why: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def push(self, frame: Frame) -> tuple[int, int]:
+        """Put ``frame`` in the slot: (frames pushed so far, frames replaced so far)."""
+        with self._lock:
+            if self._closed.is_set():
+                raise ConfigError("the live run has ended: start another to send frames")
+            with contextlib.suppress(queue.Empty):
+                self._slot.get_nowait()
+                self.dropped += 1
+            self._slot.put_nowait(frame)  # the lock is held: nothing refilled the slot
+            self.pushed += 1
+            self._last = time.monotonic()
+            return self.pushed, self.dropped
+
+    def frames(self) -> Iterator[Frame]:
+        while not self._closed.is_set():
+            with self._lock:
+                left = self._last + NO_FRAMES_S - time.monotonic()
+                if left <= 0:
+                    self.ended_why = "no frames"
+                    self._closed.set()  # a frame pushed from now on is refused
+                    return
+            try:
+                yield self._slot.get(timeout=min(left, PUSH_POLL_S))
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def decode_frame(data: bytes) -> Frame:
+    """``data`` (one JPEG or PNG) as a capture's RGB frame; its size is read from the
+    header and refused over :data:`MAX_PUSH_PIXELS` before anything is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=PUSH_FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_PUSH_PIXELS:
+                raise FrameTooLarge(
+                    f"a frame of {width}x{height} pixels is over the limit of "
+                    f"{MAX_PUSH_PIXELS}; send a smaller one"
+                )
+            rgb = image.convert("RGB")  # decodes: a truncated file fails here
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning):  # fmt: skip
+        raise DataError(
+            f"the frame ({len(data)} bytes) is not one whole JPEG or PNG image"
+        ) from None
+    return np.asarray(rgb, np.uint8)
+
+
+def shown_jpeg(frame: Frame) -> bytes:
+    """``frame`` as a JPEG at most :data:`MAX_SHOWN_SIDE` pixels a side."""
+    from PIL import Image
+
+    image = Image.fromarray(frame).convert("RGB")
+    image.thumbnail((MAX_SHOWN_SIDE, MAX_SHOWN_SIDE))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=SHOWN_QUALITY)
+    return out.getvalue()
+
+
 def preprocess(frame: Frame, loaded: LoadedModel) -> tuple[str, npt.NDArray[np.float32]]:
     """``frame`` as the model's first input: resized, scaled as its metadata says."""
     from PIL import Image
@@ -238,9 +345,17 @@ def _percentiles(values: deque[float]) -> dict[str, float | None]:
 
 class LiveRun:
     def __init__(self, runs: LiveRuns, request: RunRequest, actions: ActionsConfig,
-                 feed: FrameFeed, pins: Pins) -> None:  # fmt: skip
+                 feed: FrameFeed, pins: Pins, *, labels: list[str],
+                 push: PushSource | None = None) -> None:  # fmt: skip
         self.id = secrets.token_hex(6)
         self.request, self.actions, self.feed, self.pins = request, actions, feed, pins
+        #: The model's class labels in its output's order (what a page names its bars by).
+        self.labels = labels
+        self.push = push
+        #: The newest classified frame and its number; once the run ends, only its JPEG.
+        self._shown: tuple[int, Frame] | None = None
+        self._jpeg: tuple[int, bytes] | None = None
+        self._jpeg_lock = asyncio.Lock()
         self._runs = runs
         self.policy = Policy(actions)
         self.state = "running"
@@ -309,7 +424,8 @@ class LiveRun:
                     if self.feed.ended:
                         if self.feed.error is not None:
                             raise ConfigError(self.feed.error)
-                        self.reason = "end of source"
+                        ended = self.push.ended_why if self.push is not None else None
+                        self.reason = ended or "end of source"
                         break
                     continue
                 try:
@@ -380,8 +496,55 @@ class LiveRun:
         for trigger in decision.triggers:
             fired.append(self._start_action(trigger, label, score))
         event["fired"] = fired
+        if len(scores) <= MAX_EVENT_SCORES:  # a bar per class; NaN becomes null in _emit
+            event["scores"] = [round(float(s), 5) for s in scores]
         self.latency.append(event["latency_ms"])
+        self._shown = (self.frames, frame)
         self._emit("frame", event)
+
+    # --- frames pushed in, the newest frame shown ----------------------------------------
+
+    async def take_pushed(self, data: bytes) -> dict[str, int]:
+        """Decode ``data`` (off the loop) and put it in the run's push slot:
+        ``{"frame": frames pushed so far, "dropped": frames replaced or skipped}``."""
+        push = self.pushable()
+        if push.decoding >= MAX_DECODING:
+            raise BusyError(
+                f"{MAX_DECODING} frames of run {self.id} are being decoded; send the next "
+                "once one is answered"
+            )
+        push.decoding += 1
+        try:
+            frame = await asyncio.to_thread(decode_frame, data)
+        finally:
+            push.decoding -= 1
+        pushed, dropped = push.push(frame)
+        return {"frame": pushed, "dropped": dropped + self.feed.dropped}
+
+    def pushable(self) -> PushSource:
+        """The run's push source; ConfigError when it has none or has ended."""
+        if self.push is None:
+            raise ConfigError(
+                f"live run {self.id} reads {self.request.source!r:.200}: only a run started "
+                f'with source "{PUSH}" takes frames'
+            )
+        if self.done or self.push.closed:
+            raise ConfigError(
+                f"live run {self.id} has ended ({self.reason or self.state}): start another "
+                "to send frames"
+            )
+        return self.push
+
+    async def jpeg(self) -> tuple[int, bytes] | None:
+        """The newest classified frame's number and JPEG (encoded once, off the loop);
+        None before the first."""
+        async with self._jpeg_lock:
+            shown = self._shown
+            if shown is None or (self._jpeg is not None and self._jpeg[0] == shown[0]):
+                return self._jpeg
+            number, frame = shown
+            self._jpeg = (number, await asyncio.to_thread(shown_jpeg, frame))
+            return self._jpeg
 
     # --- commands and posts, off the loop ----------------------------------------------
 
@@ -439,8 +602,14 @@ class LiveRun:
         self.ended = time.time()
         self._emit("summary", self.summary())  # no await since the state changed
         self._runs.finished(self)
+        if self.push is not None:
+            self.push.close()
         # Its reader may take a while to let go of the source: not on the loop.
         await asyncio.to_thread(self.feed.stop)
+        # A finished run keeps its last frame as a small JPEG, not a camera-sized array.
+        with contextlib.suppress(Exception):
+            await self.jpeg()
+        self._shown = None
 
     def summary(self) -> dict[str, Any]:
         elapsed = (self.ended or time.time()) - self.started
@@ -452,11 +621,21 @@ class LiveRun:
             "fps": round(self.frames / elapsed, 3) if elapsed > 0 else 0.0,
             "latency_ms": _percentiles(self.latency),
             "pin_latency_ms": _percentiles(self.pin_latency),
-            "errors": self.errors, "source_dropped": self.feed.dropped,
+            "errors": self.errors, "source_dropped": self.dropped,
             "skipped_actions": self.skipped_actions, "versions": sorted(self.versions),
             "pins": self.pins.kind, "started": self.started, "ended": self.ended,
-            "duration_s": round(elapsed, 3),
+            "duration_s": round(elapsed, 3), "labels": self.labels,
         }  # fmt: skip
+
+    @property
+    def dropped(self) -> int:
+        """Frames of the source never classified: replaced by a newer one, or pushed
+        into a slot that already held one."""
+        return self.feed.dropped + (self.push.dropped if self.push is not None else 0)
+
+    def _pin_of(self, label: str) -> int | None:
+        action = self.actions.classes.get(label)
+        return None if action is None else action.pin
 
     def detail(self, *, transitions: int = 500) -> dict[str, Any]:
         """What ``GET /api/runs/{id}`` shows: the summary so far, the pins, the last actions."""
@@ -464,6 +643,7 @@ class LiveRun:
         return {
             **self.summary(),
             "pin_levels": {str(p): v for p, v in self.pins.levels.items()},
+            "class_pins": {name: self._pin_of(name) for name in self.labels},
             "pin_transitions": [t.to_dict() for t in moved],
             "actions": list(self.action_results),
             "last_event": self.seq,
@@ -552,14 +732,17 @@ class LiveRuns:
         held = set() if driven.kind == "sim" else set(driven.pins)
         self._held_pins |= held
         try:
-            return await self._open(request, actions, driven, pins)
+            return await self._open(request, actions, driven, pins, labels)
         finally:
             self._held_pins -= held
 
     async def _open(self, request: RunRequest, actions: ActionsConfig, driven: Pins,
-                    pins: list[int]) -> LiveRun:  # fmt: skip
-        metrics = self.ctx.metrics
+                    pins: list[int], labels: list[str]) -> LiveRun:  # fmt: skip
         source = request.source
+        if source == PUSH:
+            push = PushSource()
+            feed = FrameFeed(push.frames, push.frames(), paced=False, loop=False, name=PUSH)
+            return self._register(request, actions, feed, driven, pins, labels, push)
 
         def opener() -> Iterator[Frame]:  # again at the end of a file, to loop
             return open_source(source, timeout=10.0)
@@ -575,10 +758,17 @@ class LiveRuns:
         except BaseException:
             driven.close()
             raise
+        feed = FrameFeed(opener, first, paced=paced, loop=request.loop, name=source)
+        return self._register(request, actions, feed, driven, pins, labels)
+
+    def _register(self, request: RunRequest, actions: ActionsConfig, feed: FrameFeed,
+                  driven: Pins, pins: list[int], labels: list[str],
+                  push: PushSource | None = None) -> LiveRun:  # fmt: skip
+        metrics = self.ctx.metrics
+        source = request.source
         for pin in driven.pins:
             metrics.gpio_level.labels(str(pin)).set(0)
-        feed = FrameFeed(opener, first, paced=paced, loop=request.loop, name=source)
-        run = LiveRun(self, request, actions, feed, driven)
+        run = LiveRun(self, request, actions, feed, driven, labels=labels, push=push)
         self._runs[run.id] = run
         metrics.live_runs.inc()
         run.task = asyncio.create_task(run.run(), name=f"edgewire-live-{run.id}")
@@ -626,7 +816,9 @@ class LiveRuns:
 
 def check_source(source: str, allow: Iterable[str]) -> None:
     """NotAllowed unless ``source`` is a camera, a file or folder under a folder of
-    ``allow``, or a URL under one of its URL prefixes (one line naming the fix)."""
+    ``allow``, or a URL under one of its URL prefixes, or ``push`` (one line naming the fix)."""
+    if source == PUSH:
+        return
     if CAMERA.fullmatch(source) and not Path(source).is_file():
         return
     if is_url(source):

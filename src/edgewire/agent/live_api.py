@@ -5,6 +5,9 @@ GET  /api/runs                     every live run (newest first), with its summa
 GET  /api/runs/{id}                one: state, summary, pin levels and transitions, actions
 GET  /api/runs/{id}/events?after=N server-sent events: ``frame`` and ``action``, then ``summary``
 POST /api/runs/{id}/stop           stop it (its pins low once this answers)
+POST /api/runs/{id}/frame          a ``push`` run's next frame (one JPEG or PNG): 202
+                                   {frame, dropped}; the newest frame wins
+GET  /api/runs/{id}/frame          the newest classified frame as a JPEG (any source)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import Endpoint, read_body
+from edgewire.agent.http_common import Endpoint, holding, read_body
 from edgewire.agent.http_common import guarded as guard
 from edgewire.agent.live import LiveRun, LiveRuns, RunRequest
 from edgewire.errors import ConfigError
@@ -33,6 +36,8 @@ MAX_BODY = 64 * 1024
 MAX_SOURCE = 1024
 MAX_RATE = 100.0
 MAX_FRAMES = 10**9
+#: A pushed frame's body: one JPEG or PNG (a browser's 1080p frame is well under this).
+MAX_FRAME_BODY = 4 * 1024 * 1024
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE_S = 10.0
 _RUN_ID = re.compile(r"[0-9a-f]{12}")
@@ -52,7 +57,7 @@ def parse_run_request(body: Any) -> RunRequest:
     if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE or "\x00" in source:
         raise ConfigError(
             "source must be a camera (0, /dev/video0), a URL, a video file or a folder on the "
-            f"agent's machine, got {source!r:.80}"
+            f"agent's machine, or push (frames sent to the run), got {source!r:.80}"
         )
     rate = body.get("rate", 10.0)
     if (
@@ -88,6 +93,22 @@ def _not_found(run_id: str) -> Response:
                           "run_not_found"),
         status_code=404, media_type="application/json",
     )  # fmt: skip
+
+
+def _no_frame(run_id: str) -> Response:
+    return Response(
+        kserve.error_body(f"live run {run_id} has classified no frame yet", "no_frame"),
+        status_code=404, media_type="application/json",
+    )  # fmt: skip
+
+
+def _image_type(request: Request) -> None:
+    kind = request.headers.get("content-type", "")
+    if not kind.lower().startswith("image/"):
+        raise ConfigError(
+            "a frame is one JPEG or PNG image, sent with Content-Type image/jpeg or "
+            f"image/png; got {kind[:60]!r}"
+        )
 
 
 def _after(request: Request) -> int:
@@ -163,6 +184,29 @@ def live_routes(ctx: PortContext, runs: LiveRuns) -> list[tuple[str, Endpoint, l
             if run.seq == before and not run.done:
                 yield sse.KEEPALIVE
 
+    async def push(request: Request) -> Response:
+        run = run_of(request)
+        if run is None:
+            return _not_found(str(request.path_params["id"]))
+        run.pushable()  # refused before its body is read
+        _image_type(request)
+        with holding(ctx.frame_budget) as hold:
+            raw = await read_body(request, cap=MAX_FRAME_BODY, timeout=ctx.config.body_timeout,
+                                  hold=hold)  # fmt: skip
+            taken = await run.take_pushed(raw)
+        return JSONResponse(taken, status_code=202)
+
+    async def shown(request: Request) -> Response:
+        run = run_of(request)
+        if run is None:
+            return _not_found(str(request.path_params["id"]))
+        newest = await run.jpeg()
+        if newest is None:
+            return _no_frame(run.id)
+        number, jpeg = newest
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "no-store", "X-Edgewire-Frame": str(number)})  # fmt: skip
+
     async def _ended(run: LiveRun) -> None:
         if run.task is not None:
             await asyncio.wait({run.task})
@@ -173,4 +217,6 @@ def live_routes(ctx: PortContext, runs: LiveRuns) -> list[tuple[str, Endpoint, l
         ("/api/runs/{id}", guarded(detail), ["GET"]),
         ("/api/runs/{id}/events", guarded(events), ["GET"]),
         ("/api/runs/{id}/stop", guarded(stop), ["POST"]),
+        ("/api/runs/{id}/frame", guarded(push), ["POST"]),
+        ("/api/runs/{id}/frame", guarded(shown), ["GET"]),
     ]

@@ -542,33 +542,74 @@ def _dashboard_paths() -> dict[str, Schema]:
     """The dashboard (``edgewire.dashboard``): its HTML pages, login, and overview data."""
     html = {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
     to_login = {"description": "No session: to the login form (with a token configured)."}
-    page = {"get": _operation("A dashboard page (HTML)", {"200": html, "303": to_login,
-                                                          "403": _error("Not loopback.")})}
-    form = {"content": {"application/x-www-form-urlencoded": {"schema": _object(
-        ["token"], token={"type": "string"}, next={"type": "string"})}}}
+    page = {
+        "get": _operation(
+            "A dashboard page (HTML)",
+            {"200": html, "303": to_login, "403": _error("Not loopback.")},
+        )
+    }
+    form = {
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": _object(["token"], token={"type": "string"}, next={"type": "string"})
+            }
+        }
+    }
     overview = _object(["version", "ready", "protocols", "models"])
-    paths: dict[str, Schema] = {p: page for p in (
-        "/", "/models", "/workspaces", "/run", "/jobs", "/agents")}
-    paths["/workspaces/{ws}"] = {"get": {**page["get"], "responses": {
-        **page["get"]["responses"], "400": _error("Not a workspace name.")}, "parameters": [
-        _path("ws", {"type": "string"}, "The workspace.")]}}
+    paths: dict[str, Schema] = {
+        p: page for p in ("/", "/models", "/workspaces", "/run", "/jobs", "/agents")
+    }
+    paths["/workspaces/{ws}"] = {
+        "get": {
+            **page["get"],
+            "responses": {**page["get"]["responses"], "400": _error("Not a workspace name.")},
+            "parameters": [_path("ws", {"type": "string"}, "The workspace.")],
+        }
+    }
     paths["/login"] = {
         "get": _operation("The login form", {"200": html, "303": {"description": "No token."}}),
-        "post": _operation("Log in with the token: sets the HttpOnly session cookie", {
-            "303": {"description": "Logged in: to the page asked for."},
-            "401": html, "429": html}, requestBody=form),
+        "post": _operation(
+            "Log in with the token: sets the HttpOnly session cookie",
+            {"303": {"description": "Logged in: to the page asked for."}, "401": html, "429": html},
+            requestBody=form,
+        ),
     }
-    paths["/logout"] = {"post": _operation("End the session (the page's CSRF token in the form)", {
-        "303": {"description": "Logged out."}, "401": _error("Not the dashboard's form.")})}
-    paths["/static/{name}"] = {"get": _operation("A script or style of the dashboard", {
-        "200": {"description": "The file.", "content": {"text/javascript": {}, "text/css": {}}},
-        "404": {"description": "Not one of its files."}},
-        parameters=[_path("name", {"type": "string"}, "The file name.")])}
-    paths["/api/overview"] = {"get": _operation("Health, device, traffic per protocol, models", {
-        "200": _json(overview, "The overview.")}, guarded=True)}
-    paths["/api/overview/events"] = {"get": _operation("The overview each second (server-sent)", {
-        "200": {"description": "Events.", "content": {"text/event-stream": {}}},
-        "503": _error("Too many overview streams.")}, guarded=True)}
+    paths["/logout"] = {
+        "post": _operation(
+            "End the session (the page's CSRF token in the form)",
+            {"303": {"description": "Logged out."}, "401": _error("Not the dashboard's form.")},
+        )
+    }
+    paths["/static/{name}"] = {
+        "get": _operation(
+            "A script or style of the dashboard",
+            {
+                "200": {
+                    "description": "The file.",
+                    "content": {"text/javascript": {}, "text/css": {}},
+                },
+                "404": {"description": "Not one of its files."},
+            },
+            parameters=[_path("name", {"type": "string"}, "The file name.")],
+        )
+    }
+    paths["/api/overview"] = {
+        "get": _operation(
+            "Health, device, traffic per protocol, models",
+            {"200": _json(overview, "The overview.")},
+            guarded=True,
+        )
+    }
+    paths["/api/overview/events"] = {
+        "get": _operation(
+            "The overview each second (server-sent)",
+            {
+                "200": {"description": "Events.", "content": {"text/event-stream": {}}},
+                "503": _error("Too many overview streams."),
+            },
+            guarded=True,
+        )
+    }
     return paths
 
 

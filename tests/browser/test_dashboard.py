@@ -191,7 +191,7 @@ def test_the_ai_nano_flow_in_the_browser(
             lit.add(led.get_attribute("data-pin") or "")
         if labels >= set(CLASSES) and len(lit) >= 2:
             break
-    page.screenshot(path=str(screenshots_dir / "run-desktop.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "run-live-desktop.png"), full_page=True)
     assert labels >= set(CLASSES), labels
     assert len(lit) >= 2, lit  # the lit pin changed with the footage
     bars = page.locator("#run-bars meter")
@@ -223,4 +223,39 @@ def test_the_ai_nano_flow_in_the_browser(
             if width == "phone":  # nothing wider than the phone but what scrolls itself
                 wide = page.evaluate("() => document.documentElement.scrollWidth")
                 assert wide <= PHONE["width"] + 1, (path, wide)
+        assert not errors, errors
+
+
+def test_another_agent_is_added_and_acted_on_through_this_one(
+    agent: RunningAgent, launch_browser: Launch, screenshots_dir: Path, tmp_path: Path
+) -> None:
+    other_token = "other-agent-token-9"
+    with agent_in_thread(tmp_path / "other", token=other_token) as other:
+        browser = launch_browser(class_video(tmp_path / "cam.y4m", 0, seconds=1))
+        page = browser.new_page(viewport=DESKTOP)
+        errors = _errors(page)
+        _log_in(page, agent, "/agents")
+        page.get_by_label("Name").fill("nano1")
+        page.get_by_label("Address").fill(f"http://127.0.0.1:{other.http}")
+        page.get_by_label("Its token").fill(other_token)
+        page.get_by_role("button", name="Add").click()
+        row = page.locator('tr[data-agent="nano1"]')
+        row.wait_for()
+        page.wait_for_function(
+            "() => /ready, version/.test(document.querySelector('tr[data-agent=\"nano1\"]')"
+            ".textContent)"
+        )
+        assert other_token not in page.content()  # the token stays on the agent
+        page.screenshot(path=str(screenshots_dir / "agents-added-desktop.png"), full_page=True)
+        # Act on it: the pages now reach its own API through this agent.
+        page.get_by_role("button", name="Act on nano1").click()
+        page.wait_for_url(re.compile(r"/$"))
+        assert page.locator("#agent-select").input_value() == "nano1"
+        page.get_by_role("link", name="Workspaces").click()
+        page.get_by_label("Project name").fill("on-nano")
+        page.get_by_label("Classes (comma-separated)").fill("a, b")
+        page.get_by_role("button", name="Create").click()
+        page.wait_for_url(re.compile("/workspaces/on-nano$"))
+        assert (other.config.data_dir / "workspaces" / "on-nano").is_dir()
+        assert not (agent.config.data_dir / "workspaces" / "on-nano").exists()
         assert not errors, errors

@@ -33,7 +33,8 @@ function bars(labels) {
 }
 
 function leds(levels, pins) {
-  document.getElementById("run-leds").replaceChildren(...Object.keys(levels).sort((a, b) => a - b).map((pin) =>
+  const all = [...new Set([...Object.keys(levels), ...Object.keys(pins)])];
+  document.getElementById("run-leds").replaceChildren(...all.sort((a, b) => a - b).map((pin) =>
     el("div", { class: "led", "data-pin": pin, "data-on": String(levels[pin] ? 1 : 0) },
       el("i", { "aria-hidden": "true" }),
       el("span", {}, pins[pin] ? `${pins[pin]} (pin ${pin})` : `pin ${pin}`),
@@ -95,7 +96,7 @@ async function watch(run, push, rate) {
   const detail = await api("GET", `/api/runs/${encodeURIComponent(run.id)}`);
   const labels = detail.labels || [];
   const pins = {};
-  for (const [cls, pin] of Object.entries(detail.class_pins || {})) pins[pin] = cls;
+  for (const [cls, pin] of Object.entries(detail.class_pins || {})) if (pin !== null) pins[pin] = cls;
   current = { id: run.id, push, labels, pins };
   bars(labels);
   leds(detail.pin_levels || {}, pins);
@@ -177,3 +178,4 @@ async function listRuns() {
 
 models();
 listRuns();
+setInterval(listRuns, 5000);

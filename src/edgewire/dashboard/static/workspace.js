@@ -194,7 +194,8 @@ function follow() {
     report: (d) => showReport(d),
     summary: (d) => {
       follower.close();
-      state.textContent = `done in ${fmt(d.seconds ?? d.result?.seconds, 1)} s`;
+      const s = d.summary || {};
+      state.textContent = `${d.state === "stopped" ? "stopped" : "done"} after ${s.history?.length ?? "?"} epochs in ${fmt(s.seconds, 1)} s (best epoch ${(s.best_epoch ?? -1) + 1}, val accuracy ${pct(s.best_val_accuracy)})`;
       state.dataset.done = "1";
       document.getElementById("train-stop").disabled = true;
       document.getElementById("train-start").disabled = false;

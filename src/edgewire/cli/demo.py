@@ -99,7 +99,8 @@ async def _demo(
         ports = agent.ports
         console.print(
             f"[bold]1.[/] agent on 127.0.0.1: native {ports['native']}, HTTP {ports['http']}, "
-            f"MnistProt {ports['mnistprot']}; data in {data_dir}",
+            f"MnistProt {ports['mnistprot']}; data in {data_dir}; its dashboard (while the "
+            f"demo runs): http://127.0.0.1:{ports['http']}/",
             highlight=False,
         )
         train, val = load_splits("mnist5k", val_fraction=0.1, limit=limit, image_size=None, seed=0)

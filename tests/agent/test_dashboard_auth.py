@@ -57,7 +57,7 @@ def test_a_login_sets_an_httponly_samesite_cookie_and_opens_every_page(
         assert answer.status_code == 303
         assert answer.headers["location"] == "/models"
         cookie = answer.headers["set-cookie"].lower()
-        assert sessions_mod.COOKIE in cookie
+        assert sessions_mod.cookie_name(agent.http) in cookie  # one per agent (its port)
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
         assert TOKEN.lower() not in cookie  # the session is a random id, not the token
         for path, _template, title in PAGES:
@@ -128,12 +128,14 @@ def test_logout_ends_the_session_only_from_the_dashboards_own_form(agent: Runnin
     with _client(agent) as client:
         _login(client)
         csrf = _csrf(client.get("/").text)
-        cookie = client.cookies.get(sessions_mod.COOKIE)
+        cookie = client.cookies.get(sessions_mod.cookie_name(agent.http))
         assert client.post("/logout", data={"csrf": "forged"}).status_code == 401
         assert client.get("/").status_code == 200
         answer = client.post("/logout", data={"csrf": csrf})
         assert answer.status_code == 303
-        client.cookies.set(sessions_mod.COOKIE, str(cookie))  # an old cookie kept by an attacker
+        client.cookies.set(
+            sessions_mod.cookie_name(agent.http), str(cookie)
+        )  # an old cookie kept by an attacker
         assert client.get("/api/overview").status_code == 401
 
 
@@ -178,3 +180,19 @@ def test_without_a_token_pages_are_open_on_loopback(tmp_path: Path) -> None:
         assert client.delete("/api/models/none").status_code == 404
         evil = client.delete("/api/models/none", headers={"Origin": "http://evil.example"})
         assert evil.status_code == 401
+
+
+def test_without_a_token_a_rebound_host_name_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 is
+    same-origin with the agent; without a token only loopback names are answered."""
+    with agent_in_thread(tmp_path) as running, _client(running) as client:
+        rebound = {
+            "Host": f"evil.example:{running.http}",
+            "Origin": f"http://evil.example:{running.http}",
+        }
+        body = {"name": "evil", "url": "http://127.0.0.1:1", "token": "abcdefgh1"}
+        answer = client.post("/api/agents", json=body, headers=rebound)
+        assert answer.status_code == 401
+        assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
+        for host in ("localhost", f"localhost:{running.http}", "127.0.0.1", "[::1]:80"):
+            assert client.get("/api/models", headers={"Host": host}).status_code == 200, host

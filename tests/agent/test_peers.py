@@ -11,8 +11,10 @@ import io
 import json
 import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +384,55 @@ def test_bad_deploys_are_refused_before_anything_moves(
     one_line_error(answer, "config")
     missing = call(a, "POST", "/api/deploy", json={**order, "workspace": "absent"})
     assert missing.status_code in (400, 404)
+
+
+class _Page(BaseHTTPRequestHandler):
+    """An agent gone bad: it answers a page with a script, and echoes what it was sent."""
+
+    def do_POST(self) -> None:
+        seen = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self._answer("application/json", seen)
+
+    def do_GET(self) -> None:
+        self._answer("text/html", b"<script>alert(document.domain)</script>")
+
+    def _answer(self, media: str, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", media)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_another_agents_answer_cannot_be_a_page_of_this_origin(
+    two: tuple[RunningAgent, RunningAgent],
+) -> None:
+    a, _ = two
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    assert call(a, "POST", "/api/agents", json={"name": "bad", "url": url,
+                                               "token": "bad-token-1"}).status_code == 201  # fmt: skip
+    try:
+        page = call(a, "GET", "/api/agents/bad/proxy/api/x")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "application/octet-stream"  # not text/html
+        assert page.headers["content-disposition"] == "attachment"
+        assert "sandbox" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        # The dashboard's CSRF token is this agent's: it does not go on to another one.
+        echoed = call(a, "POST", "/api/agents/bad/proxy/api/x", content=b"{}", headers={
+            "X-Edgewire-CSRF": "this-agents-secret", "X-Edgewire-Sha256": "ab" * 32,
+            "Content-Type": "application/json"}).json()  # fmt: skip
+        assert "x-edgewire-csrf" not in echoed and echoed["x-edgewire-sha256"] == "ab" * 32
+        assert echoed["authorization"] == "Bearer bad-token-1"
+    finally:
+        call(a, "DELETE", "/api/agents/bad")
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -258,7 +258,10 @@ def test_capture_from_a_video_file_on_the_allow_list(running: RunningAgent, medi
     assert camera.status_code == 502 and "no camera" in camera.json()["error"]
     for bad in ({**body, "count": 0}, {**body, "count": 1001}, {**body, "every": -1},
                 {**body, "count": 1000, "every": 1}, {**body, "class": "nope"},
-                {**body, "extra": 1}, {"class": "on"}):  # fmt: skip
+                {**body, "extra": 1}, {"class": "on"},
+                # A live run's pushed frames, not a source: a file named "push" in the
+                # agent's folder is not read past the allow-list either.
+                {**body, "source": "push"}):  # fmt: skip
         answer = api(running, "POST", "/api/workspaces/cam/capture", json=bad)
         assert answer.status_code == 400, (bad, answer.text)
 

@@ -38,7 +38,7 @@ from edgewire.agent.http_common import Endpoint, guarded, read_body
 from edgewire.agent.management import UPLOADS, add_and_serve
 from edgewire.agent.peer_registry import Peer, Peers, unknown_agent
 from edgewire.agent.remote_runs import RemoteRuns
-from edgewire.agent.workspaces_api import workspace_path
+from edgewire.agent.workspaces_api import workspace_locks, workspace_path
 from edgewire.client import remote_train
 from edgewire.errors import (
     AuthError,
@@ -46,10 +46,12 @@ from edgewire.errors import (
     ChecksumMismatch,
     ConfigError,
     ConnectError,
+    DataError,
     EdgewireError,
     FrameTooLarge,
     GateRefused,
     RemoteError,
+    one_line,
 )
 from edgewire.fsutil import atomic_write_bytes, disk_errors, sha256_file
 from edgewire.jsonsafe import loads_strict
@@ -95,10 +97,12 @@ def deploy_routes(ctx: PortContext, peers: Peers) -> list[tuple[str, Endpoint, l
         token = id(request)
         pushing.add(token)
         try:
-            with peers.slot():
-                pushed = await remote_train.push_dataset(
-                    peers.client(peer), folder, check=_checker(peer)
-                )
+            # Held while it is hashed and sent: a split meanwhile would change the files.
+            async with workspace_locks(ctx).hold(root.name):
+                with peers.slot(), disk_errors("read the data set", default=DataError):
+                    pushed = await remote_train.push_dataset(
+                        peers.client(peer), folder, check=_checker(peer)
+                    )
         finally:
             pushing.discard(token)
         log.info("data set of workspace %r sent to agent %r: %d of %d files uploaded",
@@ -124,7 +128,9 @@ def deploy_routes(ctx: PortContext, peers: Peers) -> list[tuple[str, Endpoint, l
                 await asyncio.to_thread(private.mkdir, parents=True)
             try:
                 model = await _fetch_model(ctx, peers, order, private)
-                npz, samples = await asyncio.to_thread(pack_gate_data, root, model)
+                async with workspace_locks(ctx).hold(root.name):
+                    with disk_errors("read the test split", default=DataError):
+                        npz, samples = await asyncio.to_thread(pack_gate_data, root, model)
                 gate = _Gate(npz=npz, samples=samples, min_accuracy=order.min_accuracy,
                              no_worse_than=order.no_worse_than)  # fmt: skip
                 results = [await _deploy_to(ctx, peers, t, order.model, model, gate)
@@ -302,7 +308,7 @@ async def _download(
                         digest.update(chunk)
                         out.write(chunk)
         except httpx.HTTPError as exc:
-            raise ConnectError(f"{what} failed: {_one_line(exc)}") from None
+            raise ConnectError(f"{what} failed: {one_line(exc)}") from None
     if digest.hexdigest() != expected:
         raise ChecksumMismatch(f"{what}: it arrived with sha256 {digest.hexdigest()[:12]}…, "
                                f"not the {expected[:12]}… it was sent with")  # fmt: skip
@@ -334,10 +340,6 @@ def _checker(peer: Peer) -> remote_train.Check:
                               remote_code="auth") from None  # fmt: skip
 
     return check
-
-
-def _one_line(exc: BaseException) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
 
 
 # --- the targets ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from edgewire.agent.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, Sessions
+from edgewire.agent.sessions import CSRF_HEADER, SAFE_METHODS, Sessions, cookie_name
 from edgewire.config import AgentConfig, is_loopback
 from edgewire.errors import (
     AuthError,
@@ -191,7 +191,8 @@ def check_management(config: AgentConfig, request: Request) -> None:
         ):
             return
         sessions = sessions_of(request)
-        session = None if sessions is None else sessions.get(request.cookies.get(COOKIE))
+        cookie = request.cookies.get(session_cookie(request))
+        session = None if sessions is None else sessions.get(cookie)
         if sessions is not None and session is not None:
             if unsafe and not sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
                 raise AuthError(
@@ -202,6 +203,16 @@ def check_management(config: AgentConfig, request: Request) -> None:
     client = request.client.host if request.client else ""
     if not is_loopback(client):
         raise AuthError("management from other hosts needs the agent to run with --token")
+    if not _loopback_host(request.headers.get("host", "")):
+        # A page whose name was rebound to 127.0.0.1 is same-origin with the agent and
+        # sends its own name as Host: without a token, only loopback names are served.
+        raise AuthError("without a token the agent answers only to localhost or 127.0.0.1")
+
+
+def session_cookie(request: Request) -> str:
+    """The name of this agent's session cookie (its port in it)."""
+    server = request.scope.get("server")
+    return cookie_name(server[1] if server and len(server) > 1 else None)
 
 
 def sessions_of(request: Request) -> Sessions | None:
@@ -210,6 +221,13 @@ def sessions_of(request: Request) -> Sessions | None:
     state = getattr(app, "state", None)
     found = getattr(state, "sessions", None)
     return found if isinstance(found, Sessions) else None
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
 
 
 def _check_origin(request: Request) -> None:

@@ -45,6 +45,9 @@ PEER_CONNECTIONS = 32
 CONNECT_S, POOL_S = 5.0, 5.0
 #: Seconds one read of a peer's answer may take: its event streams ping every 10 s.
 READ_S = 60.0
+#: A call that changes state may work longer before it answers (a capture, a gated
+#: upload, a deploy): the proxy waits this long for its first byte.
+ACTION_READ_S = 600.0
 WRITE_S = 30.0
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 

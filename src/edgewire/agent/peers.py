@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import httpx
+from httpx import USE_CLIENT_DEFAULT
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -28,8 +29,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from edgewire.agent.context import PortContext
 from edgewire.agent.deploy_api import deploy_routes
 from edgewire.agent.http_common import Endpoint, guarded, iter_body, read_body
-from edgewire.agent.peer_registry import Peer, Peers, parse_peer_body, unknown_agent
-from edgewire.errors import ConfigError, ConnectError, PeerTimeout, ProtocolError
+from edgewire.agent.peer_registry import (
+    ACTION_READ_S,
+    CONNECT_S,
+    POOL_S,
+    WRITE_S,
+    Peer,
+    Peers,
+    parse_peer_body,
+    unknown_agent,
+)
+from edgewire.agent.sessions import CSRF_HEADER
+from edgewire.errors import ConfigError, ConnectError, PeerTimeout, ProtocolError, one_line
 from edgewire.jsonsafe import loads_strict
 
 log = logging.getLogger(__name__)
@@ -42,6 +53,17 @@ ANSWER_HEADERS = (
     "content-type", "content-length", "content-encoding", "x-edgewire-sha256", "retry-after",
     "content-disposition", "cache-control", "x-accel-buffering",
 )  # fmt: skip
+#: Media types a proxied answer keeps; any other goes back as a download, so another
+#: agent cannot put a page of its own on this dashboard's origin.
+ANSWER_TYPES = (
+    "application/json", "text/event-stream", "text/plain", "image/jpeg", "image/png",
+    "image/webp", "application/octet-stream",
+)  # fmt: skip
+#: What every proxied answer carries: no script runs from it, nothing sniffs its type.
+SANDBOX = {
+    "content-security-policy": "default-src 'none'; sandbox",
+    "x-content-type-options": "nosniff",
+}
 MAX_QUERY = 8192
 _PREFIX_SEGMENTS = 5  # "", "api", "agents", NAME, "proxy"
 
@@ -108,7 +130,7 @@ def _request_headers(request: Request) -> dict[str, str]:
     headers = {
         k: v
         for k, v in request.headers.items()
-        if k in REQUEST_HEADERS or k.startswith("x-edgewire-")
+        if k in REQUEST_HEADERS or (k.startswith("x-edgewire-") and k != CSRF_HEADER)
     }
     # Bytes go through as they are; the other agent compresses nothing for us.
     headers["accept-encoding"] = "identity"
@@ -133,7 +155,16 @@ async def _forward(
     url = httpx.URL(path=path, query=query if isinstance(query, bytes) else b"")
     peers.acquire()
     try:
-        outgoing = client.build_request(request.method, url, headers=headers, content=content)
+        wait = None
+        if request.method not in ("GET", "HEAD"):
+            wait = httpx.Timeout(ACTION_READ_S, connect=CONNECT_S, write=WRITE_S, pool=POOL_S)
+        outgoing = client.build_request(
+            request.method,
+            url,
+            headers=headers,
+            content=content,
+            timeout=wait or USE_CLIENT_DEFAULT,
+        )
         answer = await client.send(outgoing, stream=True)
     except httpx.TimeoutException as exc:
         peers.release()
@@ -142,7 +173,7 @@ async def _forward(
     except httpx.HTTPError as exc:
         peers.release()
         raise ConnectError(f"cannot reach agent {peer.name!r} at {peer.url}: "
-                           f"{_one_line(exc)}") from None  # fmt: skip
+                           f"{one_line(exc)}") from None  # fmt: skip
     except BaseException:
         peers.release()
         raise
@@ -162,7 +193,7 @@ async def _forward(
         except httpx.HTTPError as exc:
             # The status went out already: the answer ends short, and the log says why.
             log.warning("agent %r's answer to %s %s broke off: %s", peer.name, request.method,
-                        path, _one_line(exc))  # fmt: skip
+                        path, one_line(exc))  # fmt: skip
         finally:
             with contextlib.suppress(Exception):
                 await finish()
@@ -170,11 +201,11 @@ async def _forward(
     kept = {k: v for k, v in answer.headers.items() if k.lower() in ANSWER_HEADERS}
     if "transfer-encoding" in answer.headers:
         kept.pop("content-length", None)
+    media = kept.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ANSWER_TYPES:
+        kept["content-type"] = "application/octet-stream"
+        kept["content-disposition"] = "attachment"
+    kept.update(SANDBOX)
     # No media type of its own: the other agent's content-type goes back as it was.
     return StreamingResponse(body(), status_code=answer.status_code, headers=kept,
                              background=BackgroundTask(finish))  # fmt: skip
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]

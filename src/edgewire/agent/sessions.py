@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: The cookie's name, and the header that carries the session's CSRF token.
+#: The cookie's name (and the agent's port after it: browsers share a host's cookies
+#: across its ports, and two agents on one machine must not see each other's), and the
+#: header that carries the session's CSRF token.
 COOKIE = "edgewire_session"
 CSRF_HEADER = "x-edgewire-csrf"
 MAX_SESSIONS = 256
@@ -29,6 +31,11 @@ LOGIN_WINDOW_S = 60.0
 MAX_TRACKED_CLIENTS = 1024
 #: Methods that change nothing: they need the cookie but not the CSRF header.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cookie_name(port: int | None) -> str:
+    """The session cookie of the agent listening on ``port``."""
+    return COOKIE if port is None else f"{COOKIE}_{port}"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from edgewire.agent import workspace_store as store
 from edgewire.agent.blobs import BlobStore
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import Endpoint, guarded, holding, read_body
-from edgewire.agent.live import check_source
+from edgewire.agent.live import PUSH, check_source
 from edgewire.agent.remote_runs import RemoteRuns
 from edgewire.config import AgentConfig
 from edgewire.errors import BusyError, ConfigError, DataError, EdgewireError, ProtocolError
@@ -122,11 +122,20 @@ class _Locks:
         self._locks.pop(name, None)
 
 
+_LOCKS: dict[int, _Locks] = {}
+
+
+def workspace_locks(ctx: PortContext) -> _Locks:
+    """The workspace locks of ``ctx``'s agent: what reads a workspace's split to send it
+    (a push, a deploy's gate samples) holds its lock as a split or an upload does."""
+    return _LOCKS.setdefault(id(ctx), _Locks())
+
+
 def workspaces_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
     cfg = ctx.config
     folder = cfg.data_dir / WORKSPACES
     store.sweep(folder)
-    locks = _Locks()
+    locks = workspace_locks(ctx)
     creating = asyncio.Lock()
     capturing = asyncio.Lock()
     decoders = asyncio.Semaphore(DECODERS)
@@ -289,6 +298,8 @@ def workspaces_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]
                 "may take; capture in parts"
             )
         (await opened(name)).class_dir(cls)
+        if source == PUSH:  # a live run's frames from its caller, not a source to open here
+            raise ConfigError("capture needs a camera, file or stream; 'push' is for live runs")
         check_source(source, cfg.run_source_allow)
         if capturing.locked():
             raise BusyError("a capture is under way on this agent; try again when it is done")

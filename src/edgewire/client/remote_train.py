@@ -136,7 +136,14 @@ async def upload(
             if on_sent is not None:
                 on_sent(len(job), sum(s for _, _, s in job))
 
-    await asyncio.gather(*(worker() for _ in range(min(PARALLEL, len(jobs)))))
+    tasks = [asyncio.create_task(worker()) for _ in range(min(PARALLEL, len(jobs)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # One failed (or the caller went away): the others stop too, not upload on.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def pack_job(job: list[Upload]) -> bytes:

@@ -34,9 +34,10 @@ from edgewire.agent.http_common import (
     error_response,
     guarded,
     read_body,
+    session_cookie,
     sessions_of,
 )
-from edgewire.agent.sessions import COOKIE, SESSION_TTL_S, Session
+from edgewire.agent.sessions import SESSION_TTL_S, Session
 from edgewire.dashboard.overview import Sampler, device
 from edgewire.errors import AuthError, BusyError, EdgewireError
 from edgewire.serve.store import check_name
@@ -105,7 +106,9 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
 
     def session_of(request: Request) -> Session | None:
         sessions = sessions_of(request)
-        return None if sessions is None else sessions.get(request.cookies.get(COOKIE))
+        return (
+            None if sessions is None else sessions.get(request.cookies.get(session_cookie(request)))
+        )
 
     def render(request: Request, template: str, *, status: int = 200, **values: Any) -> Response:
         session = session_of(request)
@@ -172,7 +175,7 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
         session = sessions.create()
         answer = RedirectResponse(nxt, status_code=303)
         answer.set_cookie(
-            COOKIE, session.id, max_age=int(SESSION_TTL_S), path="/", httponly=True,
+            session_cookie(request), session.id, max_age=int(SESSION_TTL_S), path="/", httponly=True,
             samesite="strict", secure=request.url.scheme == "https",
         )  # fmt: skip
         return answer
@@ -181,7 +184,10 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
         sessions = sessions_of(request)
         session = session_of(request)
         if sessions is not None and session is not None:
-            body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
+            try:
+                body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
+            except EdgewireError as exc:
+                return error_response(exc)
             try:
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
             except ValueError:
@@ -190,7 +196,7 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
                 return error_response(AuthError("log out from the dashboard's own button"))
             sessions.end(session.id)
         answer = RedirectResponse("/login" if cfg.token else "/", status_code=303)
-        answer.delete_cookie(COOKIE, path="/")
+        answer.delete_cookie(session_cookie(request), path="/")
         return answer
 
     async def static(request: Request) -> Response:

@@ -51,21 +51,21 @@ def check_image_bytes(data: bytes, *, max_pixels: int) -> tuple[bytes, str]:
     The size is read from the header and checked before anything is decoded: a
     small file that declares a huge image (a decompression bomb) is refused unread.
     """
+    # No warnings.catch_warnings() here: it changes the whole process's filters and two
+    # decoders run at once. The pixel cap below is far under Pillow's own bomb limit.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=NETWORK_FORMATS) as image:
-                fmt, (width, height) = image.format, image.size
-                if width * height > max_pixels:
-                    raise FrameTooLarge(
-                        f"an image of {width}x{height} pixels is over the limit of "
-                        f"{max_pixels} pixels; send a smaller one"
-                    )
-                image.load()  # a truncated file fails here, not at training time
-                if fmt == "WEBP":  # what the image-folder reader does not read
-                    out = io.BytesIO()
-                    image.save(out, format="PNG")
-                    return out.getvalue(), ".png"
+        with Image.open(io.BytesIO(data), formats=NETWORK_FORMATS) as image:
+            fmt, (width, height) = image.format, image.size
+            if width * height > max_pixels:
+                raise FrameTooLarge(
+                    f"an image of {width}x{height} pixels is over the limit of "
+                    f"{max_pixels} pixels; send a smaller one"
+                )
+            image.load()  # a truncated file fails here, not at training time
+            if fmt == "WEBP":  # what the image-folder reader does not read
+                out = io.BytesIO()
+                image.save(out, format="PNG")
+                return out.getvalue(), ".png"
     except FrameTooLarge:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -80,13 +80,11 @@ def check_image_bytes(data: bytes, *, max_pixels: int) -> tuple[bytes, str]:
 def thumbnail_jpeg(path: Path, *, side: int, max_pixels: int) -> bytes:
     """A JPEG of the image at ``path`` whose longest side is at most ``side`` pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > max_pixels:
-                    raise FrameTooLarge(f"the image is over {max_pixels} pixels")
-                image.draft("RGB", (side, side))  # a JPEG decodes at 1/2 .. 1/8 scale
-                small = image.convert("RGB")
+        with Image.open(path) as image:  # (no catch_warnings: see check_image_bytes)
+            if image.width * image.height > max_pixels:
+                raise FrameTooLarge(f"the image is over {max_pixels} pixels")
+            image.draft("RGB", (side, side))  # a JPEG decodes at 1/2 .. 1/8 scale
+            small = image.convert("RGB")
         small.thumbnail((side, side))
         out = io.BytesIO()
         small.save(out, format="JPEG", quality=80)

@@ -48,11 +48,11 @@ export async function api(method, path, { body, type, agent: name, raw = false, 
     if (err.name === "AbortError") throw err;
     throw new ApiError(`cannot reach the agent: ${err.message}`, 0, "connect");
   }
-  if (answer.status === 401 && !name && !agent()) {
-    const meta = document.querySelector('meta[name="csrf"]');
-    if (meta && !meta.content) {
-      location.href = `/login?next=${encodeURIComponent(location.pathname)}`;
-    }
+  const own = !base(name === undefined ? agent() : name ?? "");
+  if (answer.status === 401 && own && csrf) {
+    // This agent's own session is gone (a restart, or 12 hours): log in again.
+    location.href = `/login?next=${encodeURIComponent(location.pathname)}`;
+    throw new ApiError("the session ended: log in again", 401, "auth");
   }
   if (!answer.ok) {
     let message = `${method} ${path}: HTTP ${answer.status}`;
@@ -122,6 +122,15 @@ export function el(tag, attrs = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+/** The video's current frame as a JPEG Blob, its longest side ``side`` px. */
+export function grabJpeg(video, canvas, side = 160) {
+  const scale = side / Math.max(video.videoWidth, video.videoHeight);
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
 }
 
 export function fmt(value, digits = 1) {

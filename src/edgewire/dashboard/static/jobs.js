@@ -1,11 +1,14 @@
 // Automation jobs (webhooks and polling) and the split heads this agent serves.
 import { api, el, say } from "./app.js";
 
+let poll = null;
+
 async function jobs() {
   let data;
   try {
     data = await api("GET", "/api/jobs?limit=50");
   } catch (err) {
+    if (err.status === 404) clearInterval(poll); // no automation: nothing will come
     document.getElementById("job-counts").textContent = err.status === 404
       ? "Automation is not configured on this agent (an [automation] table in its config)."
       : `Jobs: ${err.message}`;
@@ -31,4 +34,4 @@ async function split() {
 
 jobs();
 split();
-setInterval(jobs, 5000);
+poll = setInterval(jobs, 5000);

@@ -1,6 +1,6 @@
 // A live run: frames from this browser's camera (pushed) or the agent's own source,
 // the predicted class, a score bar per class, and the pins drawn as LEDs.
-import { api, attempt, el, events, fmt, say } from "./app.js";
+import { api, attempt, el, events, fmt, grabJpeg, say } from "./app.js";
 
 const form = document.getElementById("start");
 const video = document.getElementById("run-camera");
@@ -9,6 +9,7 @@ let current = null; // {id, push, labels, pins: {pin: class}}
 let follower = null;
 let pushing = false;
 let frameTimer = null;
+let camera = null; // this browser's camera stream, stopped when the run ends
 
 document.getElementById("run-from").addEventListener("change", (e) => {
   document.getElementById("run-source").disabled = e.target.value !== "agent";
@@ -71,12 +72,7 @@ async function pushLoop(rate) {
   while (pushing && current) {
     const started = performance.now();
     if (video.videoWidth) {
-      const side = 160;
-      const scale = side / Math.max(video.videoWidth, video.videoHeight);
-      canvas.width = Math.round(video.videoWidth * scale);
-      canvas.height = Math.round(video.videoHeight * scale);
-      canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-      const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", 0.9));
+      const blob = await grabJpeg(video, canvas, 160);
       try {
         await api("POST", `/api/runs/${encodeURIComponent(current.id)}/frame`, { body: blob, type: "image/jpeg" });
       } catch (err) {
@@ -92,7 +88,7 @@ async function pushLoop(rate) {
 
 async function watch(run, push, rate) {
   follower?.close();
-  clearInterval(frameTimer);
+  clearTimeout(frameTimer);
   const detail = await api("GET", `/api/runs/${encodeURIComponent(run.id)}`);
   const labels = detail.labels || [];
   const pins = {};
@@ -104,19 +100,25 @@ async function watch(run, push, rate) {
   video.hidden = !push;
   image.hidden = push;
   if (!push) {
-    frameTimer = setInterval(async () => {
+    // The agent's newest frame, the next asked for only once this one is shown.
+    const next = async () => {
+      if (!current || current.id !== run.id) return;
       const answer = await api("GET", `/api/runs/${encodeURIComponent(run.id)}/frame`, { raw: true }).catch(() => null);
-      if (!answer) return;
-      const url = URL.createObjectURL(await answer.blob());
-      const old = image.src;
-      image.src = url;
-      if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-    }, 500);
+      if (answer) {
+        const url = URL.createObjectURL(await answer.blob());
+        const old = image.src;
+        image.src = url;
+        if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+      }
+      frameTimer = setTimeout(next, 500);
+    };
+    next();
   }
   follower = events(`/api/runs/${encodeURIComponent(run.id)}/events`, {
     frame: onFrame,
-    pins: (d) => { for (const [pin, level] of Object.entries(d.levels || {})) setLed(pin, level); },
     summary: (d) => {
+      // Every pin goes low when a run ends, whatever ended it.
+      document.querySelectorAll(".led").forEach((led) => setLed(led.dataset.pin, 0));
       say(`run ended: ${d.reason || d.state} after ${d.frames} frames`, d.state === "failed" ? "error" : "ok");
       stopped();
     },
@@ -124,10 +126,16 @@ async function watch(run, push, rate) {
   if (push) pushLoop(rate);
 }
 
+function stopCamera() {
+  camera?.getTracks().forEach((t) => t.stop());
+  camera = null;
+}
+
 function stopped() {
   pushing = false;
   follower?.close();
-  clearInterval(frameTimer);
+  clearTimeout(frameTimer);
+  stopCamera();
   document.getElementById("run-stop").disabled = true;
   document.getElementById("run-start").disabled = false;
   current = null;
@@ -140,8 +148,9 @@ form.addEventListener("submit", async (e) => {
   const rate = Number(form.rate.value) || 5;
   if (push) {
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 320 }, height: { ideal: 240 } }, audio: false });
-      video.srcObject = stream;
+      stopCamera();
+      camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 320 }, height: { ideal: 240 } }, audio: false });
+      video.srcObject = camera;
       await video.play().catch(() => {});
     } catch (err) {
       say(`no camera in this browser: ${err.message}`, "error");
@@ -156,7 +165,12 @@ form.addEventListener("submit", async (e) => {
     return;
   }
   say(`run ${run.id} started`, "ok");
-  await watch(run, push, rate);
+  try {
+    await watch(run, push, rate);
+  } catch (err) {
+    say(`following run ${run.id}: ${err.message}`, "error");
+    stopped();
+  }
   listRuns();
 });
 
@@ -172,7 +186,8 @@ async function listRuns() {
   document.getElementById("runs").replaceChildren(...runs.slice(0, 10).map((r) =>
     el("li", {}, `${r.id}: ${r.model} on ${r.source}, ${r.state}, ${r.frames} frames `,
       r.state === "running" && r.source !== "push" && (!current || current.id !== r.id)
-        ? el("button", { type: "button", class: "secondary", onclick: () => watch(r, false, r.rate) }, "Watch") : null)));
+        ? el("button", { type: "button", class: "secondary", "aria-label": `Watch run ${r.id}`,
+          onclick: () => watch(r, false, r.rate).catch((err) => say(err.message, "error")) }, "Watch") : null)));
   if (!runs.length) document.getElementById("runs").append(el("li", {}, "None yet."));
 }
 

@@ -1,6 +1,6 @@
 // One project: capture per class (this browser's camera or the agent's), thumbnails,
 // split, training with live curves and the test report, deploy through the gate.
-import { api, agent, attempt, base, el, events, fmt, pct, say } from "./app.js";
+import { api, agent, attempt, base, el, events, fmt, grabJpeg, pct, say } from "./app.js";
 import { draw } from "./chart.js";
 
 const ws = document.getElementById("ws-name").dataset.ws;
@@ -61,15 +61,6 @@ document.getElementById("camera-start").addEventListener("click", async () => {
   document.querySelectorAll("button.capture").forEach((b) => { b.disabled = false; });
 });
 
-function grab(canvas) {
-  const side = 160; // what is uploaded: training resizes anyway, and small is fast
-  const scale = side / Math.max(video.videoWidth, video.videoHeight);
-  canvas.width = Math.round(video.videoWidth * scale);
-  canvas.height = Math.round(video.videoHeight * scale);
-  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
-}
-
 async function captureBrowser(cls) {
   if (capturing || !stream) return;
   capturing = true;
@@ -82,7 +73,8 @@ async function captureBrowser(cls) {
   try {
     for (let i = 0; i < count; i += 1) {
       const started = performance.now();
-      const blob = await grab(canvas);
+      // 160 px is what is uploaded: training resizes anyway, and small is fast.
+      const blob = await grabJpeg(video, canvas, 160);
       const answer = await api("POST", `${W}/images/${encodeURIComponent(cls)}`, { body: blob, type: "image/jpeg" });
       if (answer.new) saved += 1; else same += 1;
       line.textContent = `${cls}: ${i + 1}/${count} captured (${saved} new${same ? `, ${same} the same as before` : ""})`;
@@ -134,6 +126,19 @@ document.getElementById("split").addEventListener("submit", async (e) => {
 const curves = { epochs: [], batches: [], perEpoch: 1 };
 const chart = document.getElementById("chart");
 
+const MAX_POINTS = 1000;
+let drawing = false;
+
+/** One redraw per animation frame however fast batches come. */
+function scheduleRedraw() {
+  if (drawing) return;
+  drawing = true;
+  requestAnimationFrame(() => {
+    drawing = false;
+    redraw();
+  });
+}
+
 function redraw() {
   const e = curves.epochs;
   const series = [
@@ -144,7 +149,11 @@ function redraw() {
     { name: "val accuracy", color: "#b42318", right: true, points: e.map((x) => [x.epoch + 1, x.val.accuracy]) },
   ];
   draw(chart, series);
-  document.getElementById("chart-legend").replaceChildren(...series.map((s) => el("span", { style: `color:${s.color}` }, s.name)));
+  document.getElementById("chart-legend").replaceChildren(...series.map((s) => {
+    const key = el("span", {}, s.name);
+    key.style.color = s.color; // a style property, which the page's CSP allows
+    return key;
+  }));
 }
 
 function showReport(r) {
@@ -182,7 +191,9 @@ function follow() {
     },
     feedback: (d) => {
       curves.batches.push([d.epoch + (d.seq + 1) / curves.perEpoch, d.loss]);
-      if (curves.batches.length % 5 === 0) redraw();
+      // At most MAX_POINTS batch points: every other one goes when there are more.
+      if (curves.batches.length > MAX_POINTS) curves.batches = curves.batches.filter((_, i) => i % 2 === 0);
+      scheduleRedraw();
     },
     epoch: (d) => {
       curves.epochs.push(d);

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgewire.agent import live
+from edgewire.agent import live, live_frames
 from edgewire.agent.live_api import MAX_FRAME_BODY
 from edgewire.errors import ConfigError
 from edgewire.project.footage import frames
@@ -269,7 +269,7 @@ def test_frames_need_the_token(
 def test_a_run_with_no_frames_ends(
     agent: RunningAgent, footage: dict[int, list[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(live, "NO_FRAMES_S", 0.6)
+    monkeypatch.setattr(live_frames, "NO_FRAMES_S", 0.6)
     quiet = start_push(agent)["id"]
     fed = start_push(agent, rate=50)["id"]
     push_classified(agent, fed, footage[0][0])
@@ -301,7 +301,7 @@ def test_too_many_decoding_at_once_is_busy(
 
 
 def test_the_push_slot_keeps_the_newest() -> None:
-    source = live.PushSource()
+    source = live_frames.PushSource()
     first = np.zeros((2, 2, 3), np.uint8)
     second = np.ones((2, 2, 3), np.uint8)
     assert source.push(first) == (1, 0)

@@ -37,7 +37,8 @@ from edgewire.agent import workspace_store as store
 from edgewire.agent.blobs import BlobStore
 from edgewire.agent.context import PortContext
 from edgewire.agent.http_common import Endpoint, guarded, holding, read_body
-from edgewire.agent.live import PUSH, check_source
+from edgewire.agent.live import check_source
+from edgewire.agent.live_frames import PUSH
 from edgewire.agent.remote_runs import RemoteRuns
 from edgewire.config import AgentConfig
 from edgewire.errors import BusyError, ConfigError, DataError, EdgewireError, ProtocolError

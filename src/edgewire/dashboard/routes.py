@@ -41,6 +41,8 @@ from edgewire.agent.sessions import SESSION_TTL_S, Session
 from edgewire.dashboard.overview import Sampler, device
 from edgewire.errors import AuthError, BusyError, EdgewireError
 from edgewire.serve.store import check_name
+from edgewire.train.choices import MODEL_NAMES
+from edgewire.train.folder import FolderOptions
 from edgewire.wire import sse
 
 HERE = Path(__file__).parent
@@ -123,7 +125,7 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
         )
         return HTMLResponse(html, status_code=status, headers=HEADERS)
 
-    def page(template: str, title: str) -> Endpoint:
+    def page(template: str, title: str, **fixed: Any) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             try:
                 check_management(cfg, request)
@@ -138,7 +140,7 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
                     check_name(params["ws"], what="workspace name")
                 except EdgewireError as exc:
                     return error_response(exc)
-            return render(request, template, title=title, **params)
+            return render(request, template, title=title, **fixed, **params)
 
         return endpoint
 
@@ -223,11 +225,15 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )  # fmt: skip
 
+    # The project page names the models training knows, and the default one.
+    project_page = page(
+        "workspace.html", "Workspace", models=MODEL_NAMES, default_model=FolderOptions().model
+    )
     routes: list[tuple[str, Endpoint, list[str]]] = [
         (path, page(template, title), ["GET"]) for path, template, title in PAGES
     ]
     routes += [
-        ("/workspaces/{ws}", page("workspace.html", "Workspace"), ["GET"]),
+        ("/workspaces/{ws}", project_page, ["GET"]),
         ("/login", login_form, ["GET"]),
         ("/login", login, ["POST"]),
         ("/logout", logout, ["POST"]),

@@ -47,6 +47,13 @@ def _log_in(page: Any, agent: RunningAgent, path: str = "/") -> None:
     page.wait_for_url(re.compile(re.escape(path) + "$"))
 
 
+def _signed_in(browser: Any, cookies: list[Any], viewport: dict[str, int]) -> Any:
+    """A page of a new browser (another fake camera) with the session already made."""
+    context = browser.new_context(viewport=viewport)
+    context.add_cookies(cookies)
+    return context.new_page()
+
+
 def _errors(page: Any) -> list[str]:
     """Script errors of ``page`` (a failed API call is shown, not thrown)."""
     found: list[str] = []
@@ -106,9 +113,7 @@ def test_the_ai_nano_flow_in_the_browser(
     for digit, name in enumerate(CLASSES):
         if digit:
             browser = launch_browser(class_video(tmp_path / f"{name}.y4m", digit, seconds=6))
-            context = browser.new_context(viewport=DESKTOP)
-            context.add_cookies(cookies)
-            page = context.new_page()
+            page = _signed_in(browser, cookies, DESKTOP)
             errors += _errors(page)
             page.goto(_url(agent, "/workspaces/digits"))
         page.get_by_label("Images per capture").fill("40")
@@ -175,9 +180,7 @@ def test_the_ai_nano_flow_in_the_browser(
     # --- a run on the browser's camera: the class changes every 3 s ------------------------
     video, shown = changing_video(tmp_path / "run.y4m", [0, 1, 2], segment_s=3.0)
     browser = launch_browser(video)
-    context = browser.new_context(viewport=DESKTOP)
-    context.add_cookies(cookies)
-    page = context.new_page()
+    page = _signed_in(browser, cookies, DESKTOP)
     errors += _errors(page)
     page.goto(_url(agent, "/run?model=digits"))
     page.get_by_label("Frames per second").fill("8")
@@ -205,9 +208,7 @@ def test_the_ai_nano_flow_in_the_browser(
 
     # --- every page at a desktop's and a phone's width ------------------------------------
     for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-        context = browser.new_context(viewport=viewport)
-        context.add_cookies(cookies)
-        page = context.new_page()
+        page = _signed_in(browser, cookies, viewport)
         errors = _errors(page)
         for path in PAGES:
             page.goto(_url(agent, path))

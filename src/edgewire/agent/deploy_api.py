@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.gate import GATE_DIR, gate_from_query
+from edgewire.agent.gate import GATE_DIR, gate_from_query, gate_query
 from edgewire.agent.http_common import Endpoint, guarded, read_body
 from edgewire.agent.management import UPLOADS, add_and_serve
 from edgewire.agent.peer_registry import Peer, Peers, unknown_agent
@@ -355,12 +355,9 @@ class _Gate:
 
     def params(self) -> dict[str, str]:
         """The upload's query parameters that name the gate and its thresholds."""
-        params = {"gate": self.sha256}
-        if self.min_accuracy is not None:
-            params["min_accuracy"] = repr(self.min_accuracy)
-        if self.no_worse_than is not None:
-            params["no_worse_than"] = repr(self.no_worse_than)
-        return params
+        return gate_query(
+            self.sha256, min_accuracy=self.min_accuracy, no_worse_than=self.no_worse_than
+        )
 
     def numbers(
         self, *, passed: bool | None, scores: dict[str, Any] | None = None

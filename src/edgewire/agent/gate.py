@@ -55,6 +55,19 @@ def check_id(value: str) -> str:
     return value
 
 
+def gate_query(
+    sha256: str, *, min_accuracy: float | None, no_worse_than: float | None
+) -> dict[str, str]:
+    """The upload's query parameters that name gate data ``sha256`` and its thresholds
+    (what :func:`gate_from_query` reads back)."""
+    params = {"gate": sha256}
+    if min_accuracy is not None:
+        params["min_accuracy"] = repr(min_accuracy)
+    if no_worse_than is not None:
+        params["no_worse_than"] = repr(no_worse_than)
+    return params
+
+
 def gate_from_query(data_dir: Path, params: dict[str, str]) -> Gate | None:
     """The Gate an upload's query asks for, or None; ConfigError for a bad value."""
     raw = params.get("gate") or None

@@ -120,12 +120,9 @@ def _send_gate(
         timeout=timeout,
     )  # fmt: skip
     check(response, f"send the gate data to {host}:{port}")
-    params = {"gate": digest}
-    if gate.min_accuracy is not None:
-        params["min_accuracy"] = repr(gate.min_accuracy)
-    if gate.no_worse_than is not None:
-        params["no_worse_than"] = repr(gate.no_worse_than)
-    return params
+    from edgewire.agent.gate import gate_query
+
+    return gate_query(digest, min_accuracy=gate.min_accuracy, no_worse_than=gate.no_worse_than)
 
 
 def deploy_command(

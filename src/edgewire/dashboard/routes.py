@@ -144,6 +144,14 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
 
         return endpoint
 
+    async def read_form(request: Request) -> dict[str, list[str]]:
+        """A small urlencoded form (login, logout); more fields than it has: none."""
+        body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
+        try:
+            return urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:
+            return {}
+
     async def login_form(request: Request) -> Response:
         if not cfg.token:
             return RedirectResponse("/", status_code=303)
@@ -161,13 +169,9 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
             return render(request, "login.html", status=429, title="Log in", next="/",
                           error="Too many wrong tokens from this address; wait a minute.")  # fmt: skip
         try:
-            body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
+            form = await read_form(request)
         except EdgewireError as exc:
             return error_response(exc)
-        try:
-            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
-        except ValueError:  # more fields than the form has
-            form = {}
         given = (form.get("token") or [""])[0]
         nxt = _safe_next((form.get("next") or ["/"])[0])
         if not hmac.compare_digest(given.encode("utf-8", "replace"), cfg.token.encode()):
@@ -187,13 +191,9 @@ def dashboard_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]:
         session = session_of(request)
         if sessions is not None and session is not None:
             try:
-                body = await read_body(request, cap=LOGIN_BODY_BYTES, timeout=cfg.body_timeout)
+                form = await read_form(request)
             except EdgewireError as exc:
                 return error_response(exc)
-            try:
-                form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
-            except ValueError:
-                form = {}
             if not sessions.csrf_ok(session, (form.get("csrf") or [""])[0]):
                 return error_response(AuthError("log out from the dashboard's own button"))
             sessions.end(session.id)

@@ -124,6 +124,13 @@ def test_images_are_stored_once_served_thumbnailed_and_deleted(running: RunningA
     detail = api(running, "GET", "/api/workspaces/imgs").json()
     assert detail["images"] == {"a": [second["file"], first.json()["file"]], "b": [third["file"]]}
     assert detail["counts"] == {"a": 2, "b": 1}
+    # A page asks for the newest few names; the counts stay whole.
+    newest = api(running, "GET", "/api/workspaces/imgs", params={"limit": "1"}).json()
+    assert newest["images"] == {"a": [second["file"]], "b": [third["file"]]}
+    assert newest["counts"] == {"a": 2, "b": 1}
+    for bad in ("0", "-1", "x", "100001"):
+        answer = api(running, "GET", "/api/workspaces/imgs", params={"limit": bad})
+        assert answer.status_code == 400, bad
 
     path = f"/api/workspaces/imgs/images/a/{first.json()['file']}"
     got = api(running, "GET", path)

@@ -176,6 +176,10 @@ def test_the_ai_nano_flow_in_the_browser(
     assert row.get_attribute("data-ok") == "1", row.inner_text()
     assert "accuracy" in row.inner_text()  # the gate's numbers are shown
     page.screenshot(path=str(screenshots_dir / "workspace-deployed-desktop.png"), full_page=True)
+    # A reload finds the finished run again: its report, and Deploy ready.
+    page.reload()
+    page.locator("#test-accuracy").wait_for(timeout=20_000)
+    assert page.get_by_role("button", name="Deploy the trained model").is_enabled()
 
     # --- a run on the browser's camera: the class changes every 3 s ------------------------
     video, shown = changing_video(tmp_path / "run.y4m", [0, 1, 2], segment_s=3.0)

@@ -666,7 +666,9 @@ def _workspaces_paths() -> dict[str, Schema]:
         "/api/workspaces/{ws}": {
             "get": _operation("A workspace: classes, counts, image names (newest first), split", {
                 "200": _json(detail, "The workspace."), **bad, **no_ws,
-            }, guarded=True, parameters=[ws]),
+            }, guarded=True, parameters=[ws, _query(
+                "limit", {"type": "string", "pattern": "^[0-9]{1,6}$"},
+                "List at most this many image names per class (the newest); counts stay whole.")]),
             "delete": _operation("Delete a workspace and all its images", {
                 "200": deleted, **bad, **no_ws, **busy,
             }, guarded=True, parameters=[ws]),

@@ -12,6 +12,7 @@ local path: they go to the browser.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import re
 import secrets
@@ -104,10 +105,19 @@ def _newest_first(entry: os.DirEntry[str]) -> tuple[float, str]:
         return 0.0, entry.name
 
 
-def detail(ws: Workspace) -> dict[str, Any]:
-    images = {name: [e.name for e in sorted(_files(ws.root / IMAGES / name), key=_newest_first)]
-              for name in ws.classes}  # fmt: skip
-    counted = {name: len(files) for name, files in images.items()}
+def detail(ws: Workspace, *, limit: int | None = None) -> dict[str, Any]:
+    """Classes, counts and image names newest first (at most ``limit`` per class)."""
+    images: dict[str, list[str]] = {}
+    counted: dict[str, int] = {}
+    for name in ws.classes:
+        files = list(_files(ws.root / IMAGES / name))
+        counted[name] = len(files)
+        newest = (
+            sorted(files, key=_newest_first)
+            if limit is None
+            else heapq.nsmallest(limit, files, key=_newest_first)
+        )
+        images[name] = [e.name for e in newest]
     return {"name": ws.root.name, "classes": list(ws.classes), "counts": counted,
             "images": images, "split": split_counts(ws)}  # fmt: skip
 

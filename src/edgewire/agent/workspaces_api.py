@@ -51,6 +51,8 @@ from edgewire.project.workspace import CONFIG_FILE, DATASET, Workspace, check_cl
 from edgewire.serve import kserve
 from edgewire.serve.store import check_name
 
+#: The most image names a ``?limit=`` may ask for per class.
+MAX_LIST_LIMIT = 100_000
 #: The folder under the data dir that holds the agent's workspaces.
 WORKSPACES = "workspaces"
 MAX_WORKSPACES = 64
@@ -203,8 +205,14 @@ def workspaces_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]]]
         return JSONResponse(await asyncio.to_thread(store.detail, ws), status_code=201)
 
     async def show(request: Request) -> Response:
+        raw = request.query_params.get("limit")
+        limit = None
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+                raise ConfigError(f"limit must be a number from 1 to {MAX_LIST_LIMIT}, got {raw!r}")
+            limit = int(raw)
         ws = await opened(str(request.path_params["ws"]))
-        return JSONResponse(await asyncio.to_thread(store.detail, ws))
+        return JSONResponse(await asyncio.to_thread(store.detail, ws, limit=limit))
 
     async def delete(request: Request) -> Response:
         name = str(request.path_params["ws"])

@@ -14,6 +14,8 @@ let follower = null;
 
 // --- classes, counts, thumbnails ------------------------------------------------------
 
+const SHOWN = 60; // thumbnails per class: the newest
+
 function thumb(cls, file) {
   const src = `${base()}${W}/images/${encodeURIComponent(cls)}/${encodeURIComponent(file)}?thumb=1`;
   return el("span", { class: "thumb" },
@@ -26,7 +28,7 @@ function thumb(cls, file) {
 }
 
 async function refresh() {
-  const data = await attempt("reading the project", () => api("GET", W));
+  const data = await attempt("reading the project", () => api("GET", `${W}?limit=${SHOWN}`));
   if (!data) return;
   classes = data.classes;
   const pick = document.getElementById("agent-capture-class");
@@ -37,7 +39,7 @@ async function refresh() {
       el("p", {}, el("button", { type: "button", class: "capture", "data-class": c, disabled: !stream,
         "aria-label": `Capture images of ${c} from this browser's camera`, onclick: () => captureBrowser(c) },
         `Capture ${c}`)),
-      el("div", { class: "thumbs" }, (data.images[c] || []).slice(0, 60).map((f) => thumb(c, f))),
+      el("div", { class: "thumbs" }, (data.images[c] || []).map((f) => thumb(c, f))),
     )));
   if (data.split) showSplit(data.split);
 }
@@ -247,6 +249,7 @@ document.getElementById("train").addEventListener("submit", async (e) => {
     return;
   }
   run = { agent: on, run_id: started.run_id };
+  sessionStorage.setItem(RUN_KEY, JSON.stringify(run)); // a reload finds it again
   curves.epochs = [];
   curves.batches = [];
   document.getElementById("report").replaceChildren();
@@ -294,5 +297,34 @@ function gateText(g) {
   return parts.join(", ") || JSON.stringify(g);
 }
 
+// --- after a reload: the run this tab started, followed again or ready to deploy -------
+
+const RUN_KEY = `edgewire.run.${agent() || "-"}.${ws}`;
+
+async function restore() {
+  const saved = JSON.parse(sessionStorage.getItem(RUN_KEY) || "null");
+  if (!saved) return;
+  const who = saved.agent ?? (agent() || "");
+  const status = await api("GET", `/api/train/${encodeURIComponent(saved.run_id)}`, { agent: who }).catch(() => null);
+  if (!status) {
+    sessionStorage.removeItem(RUN_KEY); // the agent restarted: its runs are gone
+    return;
+  }
+  run = saved;
+  if (status.state === "succeeded" || status.state === "stopped") {
+    const s = status.summary || {};
+    document.getElementById("train-state").textContent =
+      `run ${run.run_id}: ${status.state} after ${s.history?.length ?? "?"} epochs (val accuracy ${pct(s.best_val_accuracy)})`;
+    document.getElementById("deploy-go").disabled = false;
+    const report = await api("GET", `/api/train/${encodeURIComponent(run.run_id)}/files/report.json`, { agent: who }).catch(() => null);
+    if (report?.confusion) showReport(report);
+  } else if (status.state !== "failed") {
+    document.getElementById("train-start").disabled = true;
+    document.getElementById("train-stop").disabled = false;
+    follow(); // its events from the start: the curves are drawn again
+  }
+}
+
 refresh();
 fillTargets();
+restore();

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
 from edgewire.agent.gate import GATE_DIR, gate_from_query, gate_query
-from edgewire.agent.http_common import Endpoint, guarded, read_body
+from edgewire.agent.http_common import Endpoint, guarded, not_found, read_body
 from edgewire.agent.management import UPLOADS, add_and_serve
 from edgewire.agent.peer_registry import Peer, Peers, unknown_agent
 from edgewire.agent.remote_runs import RemoteRuns
@@ -57,7 +57,6 @@ from edgewire.fsutil import atomic_write_bytes, disk_errors, sha256_file
 from edgewire.jsonsafe import loads_strict
 from edgewire.project.gate_data import pack_gate_data
 from edgewire.project.stamp import stamp_model
-from edgewire.serve import kserve
 from edgewire.serve.store import DEFAULT_ALIAS, check_name
 
 log = logging.getLogger(__name__)
@@ -178,10 +177,7 @@ def _number(value: object, what: str, high: float) -> float | None:
 
 
 def _no_workspace(name: str) -> Response:
-    return Response(
-        kserve.error_body(f"no workspace {name!r} on this agent", "workspace_not_found"),
-        status_code=404, media_type="application/json",
-    )  # fmt: skip
+    return not_found(f"no workspace {name!r} on this agent", "workspace_not_found")
 
 
 class _DeployOrder:

@@ -72,6 +72,14 @@ def error_response(exc: EdgewireError, *, status: int | None = None) -> Response
     )
 
 
+def not_found(message: str, code: str) -> Response:
+    """404 with the usual one-line body: no error class means "there is no such thing"
+    (a run, a job, a workspace, an agent), so each route names its own ``code``."""
+    return Response(
+        kserve.error_body(message, code), status_code=404, media_type="application/json"
+    )
+
+
 class BodyHold:
     """The bytes of the shared budget that one request holds; :meth:`release` gives them back."""
 

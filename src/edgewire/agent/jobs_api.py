@@ -14,11 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import Endpoint
+from edgewire.agent.http_common import Endpoint, not_found
 from edgewire.agent.http_common import guarded as guard
 from edgewire.automation.jobs import Job, JobQueue
 from edgewire.errors import BusyError, ConfigError
-from edgewire.serve import kserve
 
 MAX_LIST = 500
 
@@ -86,11 +85,8 @@ def job_routes(
         job = await asyncio.to_thread(queue().get, int(raw))
         if job is None:
             # No error class means "no such job"; the answer says it plainly.
-            return Response(
-                kserve.error_body(f"no job {int(raw)} (finished jobs are pruned in time)",
-                                  "job_not_found"),
-                status_code=404, media_type="application/json",
-            )  # fmt: skip
+            return not_found(f"no job {int(raw)} (finished jobs are pruned in time)",
+                             "job_not_found")  # fmt: skip
         return JSONResponse(job_detail(job))
 
     return [

@@ -23,12 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import Endpoint, holding, read_body
+from edgewire.agent.http_common import Endpoint, holding, not_found, read_body
 from edgewire.agent.http_common import guarded as guard
 from edgewire.agent.live import LiveRun, LiveRuns, RunRequest
 from edgewire.errors import ConfigError
 from edgewire.jsonsafe import loads_strict
-from edgewire.serve import kserve
 from edgewire.serve.store import NAME
 from edgewire.wire import sse
 
@@ -88,18 +87,12 @@ def parse_run_request(body: Any) -> RunRequest:
 
 def _not_found(run_id: str) -> Response:
     # No error class means "no such run"; the answer says it plainly, as jobs_api does.
-    return Response(
-        kserve.error_body(f"no live run {run_id[:40]!r} (finished runs are kept a while)",
-                          "run_not_found"),
-        status_code=404, media_type="application/json",
-    )  # fmt: skip
+    return not_found(f"no live run {run_id[:40]!r} (finished runs are kept a while)",
+                     "run_not_found")  # fmt: skip
 
 
 def _no_frame(run_id: str) -> Response:
-    return Response(
-        kserve.error_body(f"live run {run_id} has classified no frame yet", "no_frame"),
-        status_code=404, media_type="application/json",
-    )  # fmt: skip
+    return not_found(f"live run {run_id} has classified no frame yet", "no_frame")
 
 
 def _image_type(request: Request) -> None:

@@ -24,10 +24,10 @@ import httpx
 from starlette.responses import Response
 
 from edgewire.agent.context import PortContext
+from edgewire.agent.http_common import not_found
 from edgewire.client.native import tls_from_env
 from edgewire.errors import BusyError, ConfigError
 from edgewire.fsutil import atomic_write
-from edgewire.serve import kserve
 from edgewire.serve.store import check_name
 
 log = logging.getLogger(__name__)
@@ -257,11 +257,8 @@ class Peers:
 
 def unknown_agent(name: str) -> Response:
     """404 for an agent name this agent does not know (no error class means that)."""
-    return Response(
-        kserve.error_body(f"no agent named {name[:64]!r}; add it with POST /api/agents",
-                          "agent_not_found"),
-        status_code=404, media_type="application/json",
-    )  # fmt: skip
+    return not_found(f"no agent named {name[:64]!r}; add it with POST /api/agents",
+                     "agent_not_found")  # fmt: skip
 
 
 def parse_peer_body(body: Any) -> tuple[str, str, str]:

@@ -34,6 +34,7 @@ from edgewire.agent.http_common import (
     Endpoint,
     holding,
     iter_body,
+    not_found,
 )
 from edgewire.agent.http_common import guarded as guard
 from edgewire.agent.management import UPLOADS
@@ -47,7 +48,6 @@ from edgewire.errors import (
 )
 from edgewire.fsutil import disk_errors
 from edgewire.jsonsafe import loads_strict
-from edgewire.serve import kserve
 from edgewire.serve.store import check_name
 from edgewire.train.folder import FolderOptions
 from edgewire.wire import sse
@@ -63,12 +63,9 @@ PARSE_INLINE_BYTES = 256 * 1024
 
 def _not_found(run_id: str) -> Response:
     # No error class means "no such run"; as jobs_api does for jobs.
-    return Response(
-        kserve.error_body(
-            f"no training run {run_id!r} on the agent (finished runs are pruned in time, "
-            "and an agent that restarted forgets its runs)", "run_not_found"),
-        status_code=404, media_type="application/json",
-    )  # fmt: skip
+    return not_found(
+        f"no training run {run_id!r} on the agent (finished runs are pruned in time, "
+        "and an agent that restarted forgets its runs)", "run_not_found")  # fmt: skip
 
 
 async def _json_body(ctx: PortContext, request: Request, cap: int) -> dict[str, Any]:
@@ -274,11 +271,8 @@ def train_remote_routes(ctx: PortContext) -> list[tuple[str, Endpoint, list[str]
         name = str(request.path_params["name"])
         known = run.files.get(name)
         if name not in RESULT_FILES or known is None:
-            return Response(
-                kserve.error_body(f"run {run.run_id!r} has no result file {name[:80]!r}; it "
-                                  f"has: {', '.join(run.files) or 'none yet'}", "file_not_found"),
-                status_code=404, media_type="application/json",
-            )  # fmt: skip
+            return not_found(f"run {run.run_id!r} has no result file {name[:80]!r}; it "
+                             f"has: {', '.join(run.files) or 'none yet'}", "file_not_found")  # fmt: skip
         return FileResponse(run.out / name, media_type="application/octet-stream",
                             headers={"X-Edgewire-Sha256": str(known["sha256"])})  # fmt: skip
 

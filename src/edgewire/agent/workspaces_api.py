@@ -36,7 +36,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from edgewire.agent import workspace_store as store
 from edgewire.agent.blobs import BlobStore
 from edgewire.agent.context import PortContext
-from edgewire.agent.http_common import Endpoint, guarded, holding, read_body
+from edgewire.agent.http_common import Endpoint, guarded, holding, not_found, read_body
 from edgewire.agent.live import check_source
 from edgewire.agent.live_frames import PUSH
 from edgewire.agent.remote_runs import RemoteRuns
@@ -95,8 +95,7 @@ class _Missing(Exception):
         self.message, self.code = message, code
 
     def response(self) -> Response:
-        return Response(kserve.error_body(self.message, self.code), status_code=404,
-                        media_type="application/json")  # fmt: skip
+        return not_found(self.message, self.code)
 
 
 class _Locks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,3 +197,27 @@ def test_without_a_token_a_rebound_host_name_is_refused(tmp_path: Path) -> None:
         assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
         for host in ("localhost", f"localhost:{running.http}", "127.0.0.1", "[::1]:80"):
             assert client.get("/api/models", headers={"Host": host}).status_code == 200, host
+
+
+@pytest.mark.parametrize(
+    "path", ["/login", "/api/workspaces/slow/images/a", "/api/agents", "/api/deploy"]
+)
+def test_a_stalled_body_is_cut_off_and_the_agent_serves_on(tmp_path: Path, path: str) -> None:
+    with agent_in_thread(tmp_path, token=TOKEN, body_timeout=0.5) as running:
+        with _client(running) as client:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            made = client.post("/api/workspaces", json={"name": "slow", "classes": ["a", "b"]},
+                               headers=headers)  # fmt: skip
+            assert made.status_code == 201
+        with socket.create_connection(("127.0.0.1", running.http), timeout=10) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: 4000\r\n\r\n".encode()
+                + b"{"  # and nothing more
+            )
+            reply = b""
+            while b"stalled" not in reply and (chunk := sock.recv(4096)):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 504"), reply[:200]
+        with _client(running) as client:
+            assert client.get("/v2/health/live").json() == {"live": True}

@@ -13,6 +13,18 @@ from typing import Any, NoReturn
 from edgewire.errors import ProtocolError, one_line
 
 
+class _Constant(ValueError):
+    """NaN, Infinity or -Infinity met by the strict decoder (its text is the token)."""
+
+
+def _refuse_constant(token: str) -> NoReturn:
+    raise _Constant(token)
+
+
+#: One decoder for every call: ``json.loads`` with an argument builds a new one each time.
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def loads_strict(raw: bytes | str, *, what: str) -> Any:
     """Parse ``raw`` as JSON; anything a peer can get wrong is a one-line ProtocolError.
 
@@ -30,12 +42,10 @@ def loads_strict(raw: bytes | str, *, what: str) -> Any:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"{what} is not valid UTF-8 (bad byte at {exc.start})") from None
-
-    def refuse_constant(token: str) -> NoReturn:
-        raise ProtocolError(f"{token} is not a JSON number; {what} values must be finite")
-
     try:
-        return json.loads(text, parse_constant=refuse_constant)
+        return _STRICT.decode(text)
+    except _Constant as exc:
+        raise ProtocolError(f"{exc} is not a JSON number; {what} values must be finite") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"{what} is not valid JSON: {one_line(exc)}") from None
     except RecursionError:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ModelError, ModelNotFound
-from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult, RunFn
+from edgewire.serve.batcher import Batcher, BatchPolicy, InferResult, Reply, RunFn
 from edgewire.serve.model import ModelVersion, TensorInfo
 from edgewire.serve.runtime import LoadedModel, ModelHost, RuntimeOptions, load_model
 from edgewire.serve.store import DEFAULT_ALIAS, ModelStore
@@ -135,7 +135,11 @@ class Serving:
                     max_batch_size=1, max_queue_delay_ms=0.0, max_queue=self.policy.max_queue
                 )
             batcher = Batcher(
-                self._run_of(loaded), policy=policy, executor=self.executor, name=name
+                self._run_of(loaded),
+                policy=policy,
+                executor=self.executor,
+                name=name,
+                refuse_nonfinite=True,  # once per batch, not per request (check_inputs)
             )
             await batcher.start()
             self._batchers[name] = batcher
@@ -374,7 +378,7 @@ class Serving:
         loaded = self.loaded(name)
         batcher = self._batchers[name]
         limit = self.config.max_request_rows
-        named = check_inputs(loaded.inputs, inputs, max_rows=None)
+        named = check_inputs(loaded.inputs, inputs, max_rows=None, finite=False)
         rows = next(iter(named.values())).shape[0]
         if rows > limit:
             raise FrameTooLarge(
@@ -404,6 +408,34 @@ class Serving:
             raise
         return Served(version=loaded.version, result=join_results(results))
 
+    def submit_nowait(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
+        reply: Reply,
+        *,
+        deadline_ms: float | None = None,
+    ) -> ModelVersion | None:
+        """:meth:`infer` for a caller that answers from ``reply`` (see ``Batcher.submit_nowait``).
+
+        Returns the version that will answer, or None (nothing queued) when the request
+        has more rows than one batch holds: the caller then awaits :meth:`infer`.
+        Refusals raise here, before anything is queued.
+        """
+        if name not in self._batchers:
+            self.loaded(name)  # raises ModelNotFound
+        loaded = self.host.get(name)
+        batcher = self._batchers[name]
+        named = check_inputs(loaded.inputs, inputs, max_rows=None, finite=False)
+        rows = next(iter(named.values())).shape[0]
+        if rows > batcher.policy.max_batch_size:
+            return None
+        deadline = None
+        if deadline_ms is not None:
+            deadline = asyncio.get_running_loop().time() + deadline_ms / 1000
+        batcher.submit_nowait(named, reply, deadline=deadline)
+        return loaded.version
+
     def model_status(self) -> list[dict[str, Any]]:
         out = []
         for name in self.names():
@@ -425,10 +457,19 @@ def check_inputs(
     inputs: Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]],
     *,
     max_rows: int | None = None,
+    finite: bool = True,
 ) -> dict[str, npt.NDArray[Any]]:
     """One request's tensors against the model's inputs, before it can spoil a batch
     or wait in the queue. Flat rows (N × 784 for an N × 1 × 28 × 28 input, as a
-    microcontroller sends them) are taken as the model's shape."""
+    microcontroller sends them) are taken as the model's shape. ``finite``: refuse
+    NaN and Inf here (Serving leaves that to its batchers, which check a whole
+    batch at once)."""
+    if type(inputs) is list and len(inputs) == 1 == len(expected):
+        fast = _one_input(expected[0], inputs[0], max_rows)
+        if fast is not None:
+            if finite:
+                require_finite(fast, f"input {expected[0].name!r}", error=DataError)
+            return {expected[0].name: fast}
     if not isinstance(inputs, Mapping):
         if len(inputs) != len(expected):
             raise DataError(f"the model takes {len(expected)} inputs, got {len(inputs)} tensors")
@@ -460,9 +501,33 @@ def check_inputs(
             raise DataError(
                 f"input {info.name!r}: {array.shape[0]} rows is over the maximum of {max_rows}"
             )
-        require_finite(array, f"input {info.name!r}", error=DataError)
+        if finite:
+            require_finite(array, f"input {info.name!r}", error=DataError)
         named[info.name] = array
     return named
+
+
+def _one_input(
+    info: TensorInfo, array: npt.NDArray[Any], max_rows: int | None
+) -> npt.NDArray[Any] | None:
+    """The common request, checked in few steps: one array of the model's dtype and
+    exact shape (or its flat rows). None: let the general checks say what is wrong."""
+    if type(array) is not np.ndarray or array.dtype != info.dtype:
+        return None
+    shape = array.shape
+    want = info.shape
+    if len(shape) != len(want):
+        array = _unflatten(info, array)
+        shape = array.shape
+        if len(shape) != len(want):
+            return None
+    rows = shape[0]
+    if rows < 1 or (max_rows is not None and rows > max_rows):
+        return None
+    for got, dim in zip(shape[1:], want[1:], strict=True):
+        if dim is not None and got != dim:
+            return None
+    return array
 
 
 def splittable(expected: Sequence[TensorInfo]) -> bool:

@@ -12,8 +12,11 @@ several models sharing one model thread take turns.
 
 The hot path is kept small on purpose: a submit is a few attribute updates, one
 future and one deque append; the collector is only woken when a batch could be
-full, not once per request; concatenation, the model call and splitting run in
-the executor thread, so the event loop only sets each caller's result.
+full, not once per request; concatenation, the NaN/Inf check (once per batch,
+not per request), the model call and splitting run in the executor thread, so
+the event loop only sets each caller's result. A caller that does not want to
+await (a connection answering from a callback) passes its own :class:`Reply`
+to :meth:`Batcher.submit_nowait` instead of a future.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +45,7 @@ from edgewire.errors import (
     one_line,
 )
 
-__all__ = ["BatchPolicy", "Batcher", "InferResult", "RunFn"]
+__all__ = ["BatchPolicy", "Batcher", "InferResult", "Reply", "RunFn"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,19 @@ class InferResult:
     """Rows in that model call."""
 
 
+class Reply(Protocol):
+    """Where a request's answer goes: an asyncio future, or a caller's own object with
+    the same three methods, called on the event loop (:meth:`Batcher.submit_nowait`)."""
+
+    def done(self) -> bool:
+        """True once answered, or when the caller no longer wants the answer."""
+        ...
+
+    def set_result(self, result: InferResult, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class _Request:
     __slots__ = ("deadline", "fut", "inputs", "rows", "sig", "t0", "waiting")
 
@@ -104,7 +120,7 @@ class _Request:
         inputs: dict[str, Array],
         rows: int,
         sig: _Signature,
-        fut: asyncio.Future[InferResult],
+        fut: Reply,
         deadline: float | None,
     ) -> None:
         self.inputs = inputs
@@ -134,8 +150,12 @@ class Batcher:
         policy: BatchPolicy,
         executor: concurrent.futures.Executor | None = None,
         name: str = "model",
+        refuse_nonfinite: bool = False,
     ) -> None:
+        """``refuse_nonfinite``: a request whose floating inputs hold NaN or Inf gets
+        DataError (checked once per batch, in the executor); the others still run."""
         self._run = run
+        self._refuse_nonfinite = refuse_nonfinite
         self.policy = policy
         self.name = name
         self._executor = executor
@@ -148,7 +168,7 @@ class Batcher:
         self._forming: list[_Request] = []
         self._deferred: list[_Request] = []  # other signatures, skipped by _forming
         # Launched batches, running or queued in the executor, with their requests.
-        self._inflight: dict[asyncio.Future[list[InferResult]], list[_Request]] = {}
+        self._inflight: dict[asyncio.Future[list[InferResult | DataError]], list[_Request]] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._wake_rows: float = 1  # queued rows at which a submit wakes the collector
         self._task: asyncio.Task[None] | None = None
@@ -180,12 +200,35 @@ class Batcher:
         dropped with PeerTimeout. A full queue or a stopping batcher raises
         BusyError at once, without waiting.
         """
-        if self._closing:
-            self._rejected += 1
-            raise BusyError(f"model {self.name!r} is shutting down")
         loop = self._loop
         if loop is None:
             raise BusyError(f"the batcher of model {self.name!r} is not started")
+        fut: asyncio.Future[InferResult] = loop.create_future()
+        req = self._enqueue(inputs, fut, deadline)
+        try:
+            return await fut
+        finally:
+            if req.waiting:  # the caller went away before its batch started
+                req.waiting = False
+                self._depth -= 1
+
+    def submit_nowait(
+        self, inputs: dict[str, Array], reply: Reply, *, deadline: float | None = None
+    ) -> None:
+        """Queue ``inputs``; their answer (or error) goes to ``reply``, on the loop.
+
+        Refusals (a full queue, a stopping batcher, malformed inputs) raise here, as
+        :meth:`submit` does. A ``reply`` that says it is done before its batch starts
+        is dropped from the queue.
+        """
+        if self._loop is None:
+            raise BusyError(f"the batcher of model {self.name!r} is not started")
+        self._enqueue(inputs, reply, deadline)
+
+    def _enqueue(self, inputs: dict[str, Array], fut: Reply, deadline: float | None) -> _Request:
+        if self._closing:
+            self._rejected += 1
+            raise BusyError(f"model {self.name!r} is shutting down")
         if self._depth >= self._max_queue:
             self._rejected += 1
             raise BusyError(
@@ -193,19 +236,19 @@ class Batcher:
                 f"(max_queue {self._max_queue}); retry later"
             )
         rows, sig = _describe(inputs)
-        fut: asyncio.Future[InferResult] = loop.create_future()
         req = _Request(inputs, rows, sig, fut, deadline)
         self._queue.append(req)
         self._queued_rows += rows
         self._depth += 1
         if self._waiter is not None and self._queued_rows >= self._wake_rows:
             self._wake()
-        try:
-            return await fut
-        finally:
-            if req.waiting:  # the caller went away before its batch started
-                req.waiting = False
-                self._depth -= 1
+        return req
+
+    def _drop(self, req: _Request) -> None:
+        """Forget a request whose caller went away (a Reply that says it is done)."""
+        if req.waiting:
+            req.waiting = False
+            self._depth -= 1
 
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
         """Finish queued work (for at most ``drain_timeout`` s), then refuse new submits.
@@ -316,6 +359,7 @@ class Batcher:
             self._queued_rows -= req.rows
             if not req.fut.done():
                 return req
+            self._drop(req)
         return None
 
     def _fill(self, batch: list[_Request], rows: int, deferred: list[_Request]) -> tuple[int, bool]:
@@ -326,6 +370,7 @@ class Batcher:
             if req.fut.done():  # cancelled caller
                 queue.popleft()
                 self._queued_rows -= req.rows
+                self._drop(req)
             elif req.sig != sig:
                 queue.popleft()
                 self._queued_rows -= req.rows
@@ -345,7 +390,8 @@ class Batcher:
         now = loop.time()
         live: list[_Request] = []
         for req in batch:
-            if req.fut.done():  # cancelled; submit's finally has uncounted it
+            if req.fut.done():  # cancelled
+                self._drop(req)
                 continue
             req.waiting = False
             self._depth -= 1
@@ -362,7 +408,9 @@ class Batcher:
         if not live:
             return
         try:
-            busy = loop.run_in_executor(self._executor, _compute, self._run, live)
+            busy = loop.run_in_executor(
+                self._executor, _compute, self._run, live, self._refuse_nonfinite
+            )
         except RuntimeError as exc:  # the executor was shut down under us
             self._failed += 1
             error = ModelError(f"model {self.name!r} cannot run: {_one_line(exc)}")
@@ -372,7 +420,9 @@ class Batcher:
         self._inflight[busy] = live
         busy.add_done_callback(functools.partial(self._on_done, live))
 
-    def _on_done(self, batch: list[_Request], busy: asyncio.Future[list[InferResult]]) -> None:
+    def _on_done(
+        self, batch: list[_Request], busy: asyncio.Future[list[InferResult | DataError]]
+    ) -> None:
         self._inflight.pop(busy, None)
         if busy.cancelled():  # given up at shutdown before it started; callers were failed
             self._wake()
@@ -387,8 +437,15 @@ class Batcher:
         exc = busy.exception()
         if exc is None:
             for req, result in zip(batch, busy.result(), strict=True):
-                if not req.fut.done():
-                    req.fut.set_result(result)
+                if req.fut.done():
+                    continue
+                try:
+                    if isinstance(result, InferResult):
+                        req.fut.set_result(result)
+                    else:
+                        req.fut.set_exception(result)
+                except Exception:  # one caller's reply must not cost the others theirs
+                    log.exception("answering a request of model %r failed", self.name)
         else:
             self._failed += 1
             error = self._as_edgewire(exc)
@@ -452,12 +509,20 @@ def _describe(inputs: dict[str, Array]) -> tuple[int, _Signature]:
     return rows, tuple(sig)
 
 
-def _compute(run: RunFn, batch: list[_Request]) -> list[InferResult]:
-    """Concatenate, run and split one batch (in the executor thread)."""
+def _compute(
+    run: RunFn, batch: list[_Request], refuse_nonfinite: bool = False
+) -> list[InferResult | DataError]:
+    """Concatenate, check, run and split one batch (in the executor thread)."""
     if len(batch) == 1:
         inputs = batch[0].inputs
     else:
         inputs = {k: np.concatenate([r.inputs[k] for r in batch]) for k in batch[0].inputs}
+    if refuse_nonfinite:
+        refused = _nonfinite(inputs, batch)
+        if refused:  # rare: run the others without them
+            live = [req for i, req in enumerate(batch) if i not in refused]
+            answers = iter(_compute(run, live) if live else [])
+            return [refused[i] if i in refused else next(answers) for i in range(len(batch))]
     total = sum(r.rows for r in batch)
     start = time.perf_counter()
     outputs = run(inputs)
@@ -468,7 +533,7 @@ def _compute(run: RunFn, batch: list[_Request]) -> list[InferResult]:
         got = arr.shape[0] if isinstance(arr, np.ndarray) and arr.ndim > 0 else 0
         if got != total:
             raise ModelError(f"model returned {got} rows for {total} inputs (output {key!r})")
-    results: list[InferResult] = []
+    results: list[InferResult | DataError] = []
     offset = 0
     for req in batch:
         end = offset + req.rows
@@ -477,6 +542,22 @@ def _compute(run: RunFn, batch: list[_Request]) -> list[InferResult]:
         results.append(InferResult(own, queue_ms, compute_ms, total))
         offset = end
     return results
+
+
+def _nonfinite(inputs: dict[str, Array], batch: list[_Request]) -> dict[int, DataError]:
+    """The requests of ``batch`` whose floating inputs hold NaN or Inf, by position.
+
+    One ``isfinite`` over each whole batch input; only when that finds something
+    are the requests looked at one by one.
+    """
+    refused: dict[int, DataError] = {}
+    for key, arr in inputs.items():
+        if arr.dtype.kind != "f" or np.isfinite(arr).all():
+            continue
+        for i, req in enumerate(batch):
+            if i not in refused and not np.isfinite(req.inputs[key]).all():
+                refused[i] = DataError(f"input {key!r} contains NaN or Inf values")
+    return refused
 
 
 def _one_line(exc: BaseException) -> str:

@@ -74,7 +74,12 @@ def encode_message(
 ) -> bytes:
     """The payload bytes for ``meta`` and ``tensors`` (copied once, into the result)."""
     meta_bytes = json.dumps(meta or {}, separators=(",", ":"), allow_nan=False).encode()
-    tensors = tensors or []
+    return encode_message_json(meta_bytes, tensors or [])
+
+
+def encode_message_json(meta_bytes: bytes, tensors: list[npt.NDArray[Any]]) -> bytes:
+    """:func:`encode_message` for a meta already encoded (a JSON object, strict: no NaN),
+    as a hot path that sends the same few fields each time builds it."""
     parts: list[bytes | memoryview] = [
         _U32.pack(len(meta_bytes)),
         meta_bytes,

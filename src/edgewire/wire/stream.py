@@ -68,6 +68,12 @@ class FramedStream:
         self._held = 0
         self._decoder = FrameDecoder(max_payload=max_payload)
         self._ready: deque[Frame] = deque()
+        # One timer per stream, re-armed lazily, bounds every read (see _read_within):
+        # a wait costs a clock read, not a timer of its own.
+        self._timer: asyncio.TimerHandle | None = None
+        self._until: float | None = None
+        self._waiting: asyncio.Task[Any] | None = None
+        self._expired = False
 
     async def read_frame(
         self, timeout: float | None, *, frame_timeout: float | None = None
@@ -78,6 +84,8 @@ class FramedStream:
         here, the whole frame must arrive within ``frame_timeout`` (default:
         ``timeout``), so a peer trickling one byte a second is cut off.
         """
+        if self._ready:
+            return self._ready.popleft()
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while not self._ready:
@@ -86,8 +94,7 @@ class FramedStream:
                 deadline = None if limit is None else loop.time() + limit
             wait = timeout if deadline is None else max(0.0, deadline - loop.time())
             try:
-                async with asyncio.timeout(wait):
-                    chunk = await self.reader.read(READ_CHUNK)
+                chunk = await self._read_within(loop, wait)
             except TimeoutError as exc:
                 what = "frame to complete" if deadline is not None else "frame"
                 raise PeerTimeout(f"no {what} within {wait:.3g} s") from exc
@@ -100,6 +107,46 @@ class FramedStream:
             self._ready.extend(self._decoder.feed(chunk))
             self._hold(self._decoder.buffered)
         return self._ready.popleft()
+
+    async def _read_within(self, loop: asyncio.AbstractEventLoop, wait: float | None) -> bytes:
+        """The next chunk, or TimeoutError after ``wait`` seconds (None: no limit).
+
+        ``asyncio.timeout`` would schedule and cancel a timer for every read; here one
+        timer per stream fires at the earliest deadline and, if the read it was for
+        has finished, re-arms itself for the one in progress, if any.
+        """
+        if wait is None:
+            return await self.reader.read(READ_CHUNK)
+        until = loop.time() + wait
+        task = asyncio.current_task()
+        self._until, self._waiting = until, task
+        timer = self._timer
+        if timer is None or timer.when() > until:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(until, self._expire, loop)
+        try:
+            return await self.reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if not self._expired or task is None:
+                raise
+            self._expired = False
+            if task.uncancel() > 0:  # cancelled by someone else too: theirs wins
+                raise
+            raise TimeoutError from None
+        finally:
+            self._until = self._waiting = None
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        until, task = self._until, self._waiting
+        if until is None or task is None:
+            return  # no read waits now; the next one arms the timer again
+        if loop.time() < until:
+            self._timer = loop.call_at(until, self._expire, loop)
+            return
+        self._expired = True
+        task.cancel()
 
     def _hold(self, buffered: int) -> None:
         if self._budget is None:
@@ -150,7 +197,11 @@ class FramedStream:
             raise ConnectError(f"connection lost: {exc}") from exc
 
     def release(self) -> None:
-        """Give back what a partly received frame held of the shared budget."""
+        """Give back what a partly received frame held of the shared budget (and the
+        read timer)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._budget is not None:
             self._budget.change(-self._held)
         self._held = 0

@@ -573,3 +573,31 @@ def test_framer_flush_names_what_was_missing() -> None:
     framer.feed(STATS_REQUEST[:100])
     with pytest.raises(ProtocolError, match="after 100 bytes of an unfinished request"):
         framer.flush()
+
+
+# --- the fast paths give the bytes and values of the general ones ---
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_response_template_matches_the_flatbuffers_builder(seed: int) -> None:
+    from edgewire.wire.mnistprot import _build_response
+
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** float(rng.integers(-30, 30))
+    values = (rng.standard_normal(10) * scale).astype(np.float32)
+    timer = float(rng.uniform(1e-6, 1e6))
+    assert encode_response(values, timer) == _build_response(values, timer)
+    assert encode_response(values.reshape(1, 10), timer) == _build_response(values, timer)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_firmware_layout_decodes_as_the_walk_does(seed: int) -> None:
+    from edgewire.wire.mnistprot import _Reader, _walk
+
+    digit = np.random.default_rng(seed).random(784, dtype=np.float32)
+    raw = encode_request(digit)
+    fast = decode_request(raw).digit
+    slow = _walk(_Reader(raw), decode=True).digit
+    assert fast is not None and slow is not None
+    assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
+    assert np.array_equal(decode_request(memoryview(raw)).digit, digit)

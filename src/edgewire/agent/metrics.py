@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edgewire.wire.frames import MsgType
 
@@ -132,3 +134,34 @@ class AgentMetrics:
             self.engine_building.labels(model).set(1 if build["state"] == "building" else 0)
             self.engine_build_seconds.labels(model).set(build["elapsed_s"] or 0.0)
         return generate_latest(self.registry)
+
+
+#: Batcher counters exported per model: (stats key, metric name, help, counter or gauge).
+_BATCHER_METRICS = (
+    ("batches", "edgewire_batches_total", "Model calls run by the batcher.", True),
+    ("rows", "edgewire_batch_rows_total", "Rows (samples) in those calls.", True),
+    ("requests", "edgewire_batched_requests_total", "Requests answered by them.", True),
+    ("model_cpu_seconds", "edgewire_model_cpu_seconds_total",
+     "CPU time of the model calls, by the clock of the thread that ran them.", True),
+    ("model_seconds", "edgewire_model_seconds_total", "Wall time of the model calls.", True),
+    ("queue_depth", "edgewire_queue_depth", "Requests waiting for their batch.", False),
+)  # fmt: skip
+
+
+class BatcherCollector:
+    """The batchers' own counters, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        by_model = self._stats()
+        for key, name, text, counter in _BATCHER_METRICS:
+            family: CounterMetricFamily | GaugeMetricFamily
+            if counter:
+                family = CounterMetricFamily(name.removesuffix("_total"), text, labels=["model"])
+            else:
+                family = GaugeMetricFamily(name, text, labels=["model"])
+            for model, stats in sorted(by_model.items()):
+                family.add_metric([model], stats[key])
+            yield family

@@ -31,7 +31,7 @@ from edgewire.agent.http_guard import (
     guarded_protocol,
 )
 from edgewire.agent.management import sweep_uploads
-from edgewire.agent.metrics import AgentMetrics
+from edgewire.agent.metrics import AgentMetrics, BatcherCollector
 from edgewire.agent.serving import Serving
 from edgewire.agent.split import SplitRuntime
 from edgewire.agent.tls import server_context
@@ -119,6 +119,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.runs = RunRegistry(config.data_dir / "runs")
         self.serving = Serving(config)
+        self.metrics.registry.register(BatcherCollector(self.serving.batcher_stats))
         # Training is CPU-bound and a model is not thread-safe: one training thread.
         self.train_executor = ThreadPoolExecutor(1, thread_name_prefix="edgewire-train")
         self.frame_budget = ByteBudget(config.max_buffered_bytes)

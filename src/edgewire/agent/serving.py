@@ -302,6 +302,10 @@ class Serving:
     def names(self) -> list[str]:
         return sorted(self._batchers)
 
+    def batcher_stats(self) -> dict[str, dict[str, float]]:
+        """Each served model's batcher counters (``Batcher.stats``)."""
+        return {name: batcher.stats for name, batcher in self._batchers.items()}
+
     def loaded(self, name: str) -> LoadedModel:
         if name not in self._batchers:
             served = ", ".join(self.names()) or "none"

@@ -168,7 +168,7 @@ class Batcher:
         self._forming: list[_Request] = []
         self._deferred: list[_Request] = []  # other signatures, skipped by _forming
         # Launched batches, running or queued in the executor, with their requests.
-        self._inflight: dict[asyncio.Future[list[InferResult | DataError]], list[_Request]] = {}
+        self._inflight: dict[asyncio.Future[_Computed], list[_Request]] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._wake_rows: float = 1  # queued rows at which a submit wakes the collector
         self._task: asyncio.Task[None] | None = None
@@ -180,6 +180,8 @@ class Batcher:
         self._rejected = 0
         self._expired = 0
         self._failed = 0
+        self._model_cpu_s = 0.0  # CPU time of the model calls (their thread's clock)
+        self._model_s = 0.0  # their wall time
 
     # -- public API -------------------------------------------------------------
 
@@ -284,6 +286,8 @@ class Batcher:
             "expired": float(self._expired),
             "failed_batches": float(self._failed),
             "queue_depth": float(self._depth),
+            "model_cpu_seconds": self._model_cpu_s,
+            "model_seconds": self._model_s,
         }
 
     def set_run(self, run: RunFn) -> None:
@@ -420,9 +424,7 @@ class Batcher:
         self._inflight[busy] = live
         busy.add_done_callback(functools.partial(self._on_done, live))
 
-    def _on_done(
-        self, batch: list[_Request], busy: asyncio.Future[list[InferResult | DataError]]
-    ) -> None:
+    def _on_done(self, batch: list[_Request], busy: asyncio.Future[_Computed]) -> None:
         self._inflight.pop(busy, None)
         if busy.cancelled():  # given up at shutdown before it started; callers were failed
             self._wake()
@@ -436,7 +438,10 @@ class Batcher:
         self._wake()
         exc = busy.exception()
         if exc is None:
-            for req, result in zip(batch, busy.result(), strict=True):
+            results, cpu_s, wall_s = busy.result()
+            self._model_cpu_s += cpu_s
+            self._model_s += wall_s
+            for req, result in zip(batch, results, strict=True):
                 if req.fut.done():
                     continue
                 try:
@@ -509,9 +514,11 @@ def _describe(inputs: dict[str, Array]) -> tuple[int, _Signature]:
     return rows, tuple(sig)
 
 
-def _compute(
-    run: RunFn, batch: list[_Request], refuse_nonfinite: bool = False
-) -> list[InferResult | DataError]:
+#: A computed batch: each request's answer (or refusal), the model call's CPU and wall seconds.
+_Computed = tuple[list[InferResult | DataError], float, float]
+
+
+def _compute(run: RunFn, batch: list[_Request], refuse_nonfinite: bool = False) -> _Computed:
     """Concatenate, check, run and split one batch (in the executor thread)."""
     if len(batch) == 1:
         inputs = batch[0].inputs
@@ -521,12 +528,20 @@ def _compute(
         refused = _nonfinite(inputs, batch)
         if refused:  # rare: run the others without them
             live = [req for i, req in enumerate(batch) if i not in refused]
-            answers = iter(_compute(run, live) if live else [])
-            return [refused[i] if i in refused else next(answers) for i in range(len(batch))]
+            answers, cpu_s, wall_s = _compute(run, live) if live else ([], 0.0, 0.0)
+            each = iter(answers)
+            return (
+                [refused[i] if i in refused else next(each) for i in range(len(batch))],
+                cpu_s,
+                wall_s,
+            )
     total = sum(r.rows for r in batch)
+    cpu0 = time.thread_time()
     start = time.perf_counter()
     outputs = run(inputs)
-    compute_ms = (time.perf_counter() - start) * 1000.0
+    wall_s = time.perf_counter() - start
+    cpu_s = time.thread_time() - cpu0
+    compute_ms = wall_s * 1000.0
     if not isinstance(outputs, dict) or not outputs:
         raise ModelError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
     for key, arr in outputs.items():
@@ -541,7 +556,7 @@ def _compute(
         queue_ms = (start - req.t0) * 1000.0
         results.append(InferResult(own, queue_ms, compute_ms, total))
         offset = end
-    return results
+    return results, cpu_s, wall_s
 
 
 def _nonfinite(inputs: dict[str, Array], batch: list[_Request]) -> dict[int, DataError]:

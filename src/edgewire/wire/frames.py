@@ -45,6 +45,7 @@ class MsgType(IntEnum):
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
+_TYPE_OF = {int(t): t for t in MsgType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +72,13 @@ def encode_frame(
     return header + payload
 
 
-def parse_header(header: bytes, *, max_payload: int) -> tuple[MsgType, int, int, int, int]:
-    """Check one header; return (type, flags, request id, payload length, crc32)."""
-    magic, version, msg_type, flags, reserved, request_id, length, crc = HEADER.unpack(header)
+def parse_header(
+    header: bytes | bytearray | memoryview, *, max_payload: int, offset: int = 0
+) -> tuple[MsgType, int, int, int, int]:
+    """Check the header at ``offset``; return (type, flags, request id, payload length, crc32)."""
+    magic, version, msg_type, flags, reserved, request_id, length, crc = HEADER.unpack_from(
+        header, offset
+    )
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}; is the peer speaking the edgewire protocol?")
     if version != VERSION:
@@ -84,7 +89,7 @@ def parse_header(header: bytes, *, max_payload: int) -> tuple[MsgType, int, int,
         raise ProtocolError(f"reserved header field is {reserved}, must be 0")
     if length > max_payload:
         raise FrameTooLarge(f"frame payload of {length} bytes is over the maximum {max_payload}")
-    return MsgType(msg_type), flags, request_id, length, crc
+    return _TYPE_OF[msg_type], flags, request_id, length, crc
 
 
 class FrameDecoder:
@@ -117,6 +122,8 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         if self._error is not None:
             raise self._error
+        if not self._buf and self._pending is None:
+            return self._feed_whole(data)
         self._buf += data
         frames: list[Frame] = []
         try:
@@ -129,6 +136,31 @@ class FrameDecoder:
             self._error = exc
             self._buf.clear()
             raise
+
+    def _feed_whole(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """``feed`` with nothing held: whole frames come straight from ``data`` (one copy
+        each, of the payload), and only a cut-off rest is kept."""
+        frames: list[Frame] = []
+        pos, size = 0, len(data)
+        try:
+            while size - pos >= HEADER_SIZE:
+                msg_type, flags, request_id, length, crc = parse_header(
+                    data, max_payload=self._max_payload, offset=pos
+                )
+                end = pos + HEADER_SIZE + length
+                if end > size:
+                    break
+                payload = bytes(data[pos + HEADER_SIZE : end])
+                if zlib.crc32(payload) != crc:
+                    raise ChecksumMismatch(f"{msg_type.name} frame payload fails its crc32 check")
+                frames.append(Frame(msg_type, payload, request_id, flags))
+                pos = end
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        if pos < size:
+            self._buf += data[pos:]
+        return frames
 
     def _next(self) -> Frame | None:
         if self._pending is None:

@@ -14,7 +14,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -95,57 +95,61 @@ def encode_message_json(meta_bytes: bytes, tensors: list[npt.NDArray[Any]]) -> b
         if arr.ndim > 255:
             raise ProtocolError(f"tensor of {arr.ndim} dimensions cannot travel")
         parts.append(_TENSOR_HEAD.pack(code, arr.ndim, 0))
-        parts.append(struct.pack(f"<{arr.ndim}I", *arr.shape))
+        parts.append(_SHAPES[arr.ndim].pack(*arr.shape))
         parts.append(_U64.pack(arr.nbytes))
         parts.append(arr.data.cast("B") if arr.size else b"")
     return b"".join(parts)
 
 
-class _Reader:
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
-
-    def take(self, n: int, what: str) -> memoryview:
-        end = self._pos + n
-        if n < 0 or end > len(self._data):
-            raise ProtocolError(f"message truncated while reading {what}")
-        view = self._data[self._pos : end]
-        self._pos = end
-        return view
-
-    def unpack(self, fmt: struct.Struct, what: str) -> tuple[int, ...]:
-        return fmt.unpack(self.take(fmt.size, what))
-
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-
 def decode_message(payload: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Parse a payload; tensors are read-only views of ``payload``."""
-    reader = _Reader(payload)
-    (meta_len,) = reader.unpack(_U32, "meta length")
+    size = len(payload)
+    if size < 4:
+        _truncated("meta length")
+    (meta_len,) = _U32.unpack_from(payload, 0)
     if meta_len > limits.max_meta:
         raise FrameTooLarge(f"meta of {meta_len} bytes is over the maximum {limits.max_meta}")
-    raw_meta = reader.take(meta_len, "meta")
+    pos = 4 + meta_len
+    if pos > size:
+        _truncated("meta")
     # Strict, so that every meta accepted can be sent back (a PING echoes it).
-    meta = loads_strict(bytes(raw_meta), what="meta") if meta_len else {}
+    meta = loads_strict(bytes(payload[4:pos]), what="meta") if meta_len else {}
     if not isinstance(meta, dict):
         raise ProtocolError(f"meta must be a JSON object, got {type(meta).__name__}")
-    (count,) = reader.unpack(_U16, "tensor count")
+    if pos + 2 > size:
+        _truncated("tensor count")
+    (count,) = _U16.unpack_from(payload, pos)
+    pos += 2
     if count > limits.max_tensors:
         raise FrameTooLarge(f"{count} tensors is over the maximum {limits.max_tensors}")
-    tensors = [_decode_tensor(reader, i, limits) for i in range(count)]
-    if reader.remaining:
-        raise ProtocolError(f"{reader.remaining} unexpected bytes after the last tensor")
+    tensors = []
+    if count:
+        view = memoryview(payload)
+        for i in range(count):
+            tensor, pos = _decode_tensor(view, pos, i, limits)
+            tensors.append(tensor)
+    if pos != size:
+        raise ProtocolError(f"{size - pos} unexpected bytes after the last tensor")
     return Message(meta=meta, tensors=tensors)
 
 
-def _decode_tensor(reader: _Reader, index: int, limits: Limits) -> npt.NDArray[Any]:
-    code, ndim, reserved = reader.unpack(_TENSOR_HEAD, f"tensor {index} header")
+def _truncated(what: str) -> NoReturn:
+    raise ProtocolError(f"message truncated while reading {what}")
+
+
+#: ``<{n}I`` for the shapes of up to 255 dimensions, compiled once each.
+_SHAPES = [struct.Struct(f"<{n}I") for n in range(256)]
+
+
+def _decode_tensor(
+    view: memoryview, pos: int, index: int, limits: Limits
+) -> tuple[npt.NDArray[Any], int]:
+    """The tensor at ``pos`` of a payload, and where the next one starts."""
+    size = len(view)
+    if pos + 4 > size:
+        _truncated(f"tensor {index} header")
+    code, ndim, reserved = _TENSOR_HEAD.unpack_from(view, pos)
+    pos += 4
     dtype = DTYPES.get(code)
     if dtype is None:
         raise ProtocolError(f"tensor {index} has unknown dtype code {code}")
@@ -153,10 +157,16 @@ def _decode_tensor(reader: _Reader, index: int, limits: Limits) -> npt.NDArray[A
         raise ProtocolError(f"tensor {index} reserved field is {reserved}, must be 0")
     if ndim > limits.max_ndim:
         raise FrameTooLarge(f"tensor {index} has {ndim} dimensions, maximum {limits.max_ndim}")
-    shape = struct.unpack(f"<{ndim}I", reader.take(4 * ndim, f"tensor {index} shape"))
+    if pos + 4 * ndim > size:
+        _truncated(f"tensor {index} shape")
+    shape = _SHAPES[ndim].unpack_from(view, pos)
+    pos += 4 * ndim
     # Python ints cannot overflow; the product is checked before any allocation.
     expected = math.prod(shape) * dtype.itemsize
-    (nbytes,) = reader.unpack(_U64, f"tensor {index} length")
+    if pos + 8 > size:
+        _truncated(f"tensor {index} length")
+    (nbytes,) = _U64.unpack_from(view, pos)
+    pos += 8
     if expected > limits.max_tensor_bytes or nbytes > limits.max_tensor_bytes:
         raise FrameTooLarge(
             f"tensor {index} of {max(expected, nbytes)} bytes is over the maximum "
@@ -166,8 +176,10 @@ def _decode_tensor(reader: _Reader, index: int, limits: Limits) -> npt.NDArray[A
         raise ProtocolError(
             f"tensor {index} carries {nbytes} bytes but {dtype.name}{list(shape)} needs {expected}"
         )
-    data = reader.take(nbytes, f"tensor {index} data")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    end = pos + nbytes
+    if end > size:
+        _truncated(f"tensor {index} data")
+    return np.frombuffer(view[pos:end], dtype=dtype).reshape(shape), end
 
 
 def require_finite(

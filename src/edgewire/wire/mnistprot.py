@@ -105,8 +105,13 @@ def encode_response(output: npt.ArrayLike, timer_ms: float) -> bytes:
     """The 96-byte response, built in the seed server's order.
 
     The firmware reads exactly 96 bytes, so ``output`` must hold 10 values.
+    The layout is the same for any values: they are written into the bytes the
+    FlatBuffers builder gave once (``_RESPONSE_LAYOUT``).
     """
-    values = _as_float32_vector(output, what="output")
+    if type(output) is np.ndarray and output.dtype == _FLOAT32 and output.size == OUTPUT_LEN:
+        values = output.reshape(-1)
+    else:
+        values = _as_float32_vector(output, what="output")
     if values.size != OUTPUT_LEN:
         raise ProtocolError(
             f"a MnistProt response carries exactly {OUTPUT_LEN} outputs (the firmware reads "
@@ -114,6 +119,15 @@ def encode_response(output: npt.ArrayLike, timer_ms: float) -> bytes:
         )
     if not (math.isfinite(timer_ms) and abs(timer_ms) <= _FLOAT32_MAX):
         raise ProtocolError(f"timer_ms {timer_ms!r} is not a finite float32")
+    template, at_values, at_timer = _RESPONSE_LAYOUT
+    buf = bytearray(template)
+    buf[at_values : at_values + 4 * OUTPUT_LEN] = values.tobytes()
+    _F32.pack_into(buf, at_timer, timer_ms)
+    return bytes(buf)
+
+
+def _build_response(values: Float32Array, timer_ms: float) -> bytes:
+    """The response as the FlatBuffers builder writes it (``encode_response``'s layout)."""
     builder = flatbuffers.Builder(128)
     # The seed server built this without force_defaults: a timer_ms of exactly
     # 0.0 (the field's default) was then left out and the buffer shrank to 92
@@ -134,6 +148,21 @@ def encode_response(output: npt.ArrayLike, timer_ms: float) -> bytes:
     return bytes(builder.Output())
 
 
+def _response_layout() -> tuple[bytes, int, int]:
+    """A built response and where its 10 outputs and its timer sit in it."""
+    marks = np.arange(1, OUTPUT_LEN + 1, dtype="<f4") * np.float32(1.25)
+    timer = 4321.5
+    raw = _build_response(marks, timer)
+    at_values, at_timer = raw.find(marks.tobytes()), raw.find(_F32.pack(timer))
+    if len(raw) != RESPONSE_SIZE or min(at_values, at_timer) < 0:
+        raise AssertionError("the MnistProt response layout is not the one expected")
+    return raw, at_values, at_timer
+
+
+_FLOAT32 = np.dtype("<f4")
+_RESPONSE_LAYOUT = _response_layout()
+
+
 def _as_float32_vector(values: npt.ArrayLike, *, what: str) -> Float32Array:
     array = np.asarray(values)
     if array.size > MAX_VECTOR_LEN:
@@ -148,6 +177,13 @@ def _as_float32_vector(values: npt.ArrayLike, *, what: str) -> Float32Array:
 
 def decode_request(buf: bytes | bytearray | memoryview) -> MnistRequest:
     """Verify and decode a request; only a well-formed inference or stats request passes."""
+    if len(buf) == REQUEST_SIZE and buf[: len(_FIRMWARE_HEAD)] == _FIRMWARE_HEAD:
+        # The firmware's own layout: its first bytes fix every offset, and the digit
+        # is the rest. Nothing else needs walking (``_walk`` reads the same).
+        values = np.frombuffer(buf, dtype=_FLOAT32, offset=len(_FIRMWARE_HEAD)).copy()
+        if not np.isfinite(values).all():
+            raise ProtocolError("digit holds NaN or Inf values")
+        return MnistRequest(cmd=CMD_INFERENCE_INPUT, digit=values)
     commands = _parse(buf)
     if commands.cmd == CMD_GET_STATS:
         return MnistRequest(cmd=CMD_GET_STATS, digit=None)

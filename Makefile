@@ -31,6 +31,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[peers]'
 	$(BIN)/python benchmarks/stream_train.py --quick
 	$(BIN)/python benchmarks/serve.py --quick
 

@@ -20,7 +20,13 @@ class OnnxAPI(ls.LitAPI):  # type: ignore[misc]
         self.model_path = model_path
 
     def setup(self, device: str) -> None:
-        self.session = ort.InferenceSession(self.model_path, providers=["CPUExecutionProvider"])
+        # One model thread, as the agent it is compared with runs on one pinned core.
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            self.model_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
         meta = self.session.get_inputs()[0]
         self.input_name = meta.name
         self.row_shape = [int(d) for d in meta.shape[1:]]

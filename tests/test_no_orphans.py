@@ -8,10 +8,8 @@ workers outlived its server when only the server was stopped.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from benchmarks import http_peers
 
 from edgewire.bench.procs import group_members, process_group
 from edgewire.bench.spawn import SpawnedAgent
@@ -117,44 +117,77 @@ def test_spawned_agent_runs_in_its_own_group_and_leaves_nothing(tmp_path: Path) 
     assert eventually(lambda: not group_members(seen["pgid"])), group_members(seen["pgid"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.skipif(importlib.util.find_spec("litserve") is None, reason="litserve not installed")
-def test_litserve_as_serve_py_starts_it_leaves_no_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "peer",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(
+                not http_peers.available(name), reason=f"{name} not installed"
+            ),
+        )
+        for name in http_peers.PEERS
+    ],
+)
+def test_http_peer_as_serve_py_starts_it_leaves_no_worker(peer: str, tmp_path: Path) -> None:
     import httpx
 
     from tests.serve.models import linear_model
 
     model = tmp_path / "m.onnx"
     linear_model(model, in_features=784, out_features=10, seed=0)
-    port = free_port()
-    seen: dict[str, int] = {}
+    port = http_peers.free_port()
+    seen: dict[str, list[int]] = {}
 
     def benchmark() -> None:
-        with process_group(
-            [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model),
-             str(port), "4", "0.002"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, grace=10,
-        ) as proc:  # fmt: skip
-            seen["pgid"] = proc.pid
-
-            def healthy() -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success
-                except httpx.HTTPError:
-                    return proc.poll() is not None  # stop waiting if it died
-
-            assert eventually(healthy, within=120) and proc.poll() is None
-            assert len(group_members(proc.pid)) >= 2  # the server and its inference worker
+        with http_peers.peer_server(
+            peer, model, port, max_batch=4, delay_s=0.002, cpus=None
+        ) as server:
+            reply = httpx.post(
+                f"http://127.0.0.1:{port}/predict", json={"input": [0.5] * 784}, timeout=30
+            )
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            outputs = body["output"] if isinstance(body, dict) else body
+            assert len(np.ravel(outputs)) == 10
+            seen["pgid"] = [server.pid]
+            seen["tree"] = server.pids()
+            assert len(seen["tree"]) >= 2  # the server and its inference worker
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         benchmark()
-    assert eventually(lambda: not group_members(seen["pgid"])), group_members(seen["pgid"])
+
+    def all_gone() -> bool:
+        return not group_members(seen["pgid"][0]) and not any(map(_alive, seen["tree"]))
+
+    assert eventually(all_gone), (group_members(seen["pgid"][0]), seen["tree"])
+
+
+@pytest.mark.skipif(not http_peers.available("bentoml"), reason="bentoml not installed")
+def test_bentoml_worker_outside_the_group_goes_when_its_manager_is_killed(tmp_path: Path) -> None:
+    from tests.serve.models import linear_model
+
+    model = tmp_path / "m.onnx"
+    linear_model(model, in_features=784, out_features=10, seed=0)
+    port = http_peers.free_port()
+    with http_peers.peer_server(
+        "bentoml", model, port, max_batch=4, delay_s=0.002, cpus=None
+    ) as server:
+        workers = [pid for pid in server.pids() if os.getpgid(pid) != server.pid]
+        assert workers  # circus gives its worker a session of its own
+        os.kill(server.pid, signal.SIGKILL)  # the manager dies without stopping it
+        assert eventually(lambda: not _alive(server.pid))  # its worker has another parent now
+    assert eventually(lambda: not any(map(_alive, workers))), workers
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie (BentoML's worker is not in the group)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def test_no_benchmark_starts_a_process_by_hand() -> None:

@@ -1,16 +1,28 @@
-"""Serving throughput: compute ceiling, seed server copy, 1,000 clients, HTTP vs LitServe.
+"""Serving throughput, as separate machines see it: agent and load on their own cores.
 
 In one run, on one ONNX model (the demo's MNIST CNN, trained here on real
-digits) and this machine:
+digits) and this machine. In the field the agent (a Jetson) and its clients
+(ESP8266s, or a workstation) are different machines, so the targets are measured
+**pinned**: the agent and its one model thread on one core, the load generator
+(and the burst tool, the idle connections) on the other (``edgewire.bench.cores``):
 
-1. the model's compute ceiling: ONNX Runtime samples/s at its best batch size,
-   no network;
+1. the compute ceiling: ONNX Runtime alone, one thread on the agent's core, at its
+   best batch size, no network;
 2. the seed's stress pattern (500 one-shot clients at once) against a faithful
    copy of the seed's server (single-threaded, backlog 5, global lock) and
-   against edgewire's MnistProt port;
-3. edgewire with 1,000 persistent clients, native and MnistProt;
-4. HTTP inference (KServe v2 JSON) against LitServe serving the same ONNX model
-   with the same batching settings (JSON bodies on both sides).
+   against edgewire's MnistProt port, both on the agent's core;
+3. edgewire with 1,000 persistent clients, native and MnistProt: requests/s, p99,
+   the agent's CPU per request split into the model's (its thread's clock, from
+   ``edgewire_model_cpu_seconds_total``) and everything else, the load
+   generator's CPU per request;
+4. the same 1,000 native clients while 10,000 idle connections are held open:
+   requests/s and the agent's resident memory;
+5. HTTP inference (KServe v2, JSON and binary tensors) against LitServe and
+   BentoML serving the same ONNX model with the same batching and one model
+   thread (the benchmark-only ``peers`` extra; a peer not installed is skipped);
+6. unpinned, as before (every role on every core, ONNX Runtime's default
+   threads): 1,000 native and MnistProt clients against that ceiling, as labelled
+   extra rows.
 
 Usage: python benchmarks/serve.py [--quick]
 The last line printed is one JSON object with the figures.
@@ -19,15 +31,17 @@ The last line printed is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import multiprocessing as mp
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +50,10 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 
+import http_peers  # benchmarks/http_peers.py, beside this file
+from edgewire.bench.cores import Roles, pinned, process_cpu_s, process_rss_mb, roles
 from edgewire.bench.loadgen import LoadResult, LoadSpec, run_load
-from edgewire.bench.procs import process_group, sigterm_as_exit
+from edgewire.bench.procs import sigterm_as_exit
 from edgewire.bench.report import json_line, markdown_table, print_table, write_section
 from edgewire.bench.seed_stress import run_burst
 from edgewire.bench.spawn import SpawnedAgent
@@ -59,13 +75,19 @@ def make_model(path: Path, *, samples: int) -> None:
     trainer.export_onnx(path)
 
 
-def ceiling(path: Path, *, seconds: float) -> tuple[float, int, dict[int, float]]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def ceiling(path: Path, *, seconds: float, threads: int = 0) -> tuple[float, int, dict[int, float]]:
+    """ONNX Runtime alone: samples/s at its best batch (``threads``: 0 is its default)."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     rates: dict[int, float] = {}
     for batch in (1, 4, 8, 16, 32, 64):
         x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
-        session.run(None, {name: x})
+        for _ in range(3):
+            session.run(None, {name: x})
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             session.run(None, {name: x})
@@ -75,10 +97,14 @@ def ceiling(path: Path, *, seconds: float) -> tuple[float, int, dict[int, float]
     return rates[best], best, rates
 
 
-def _seed_server_process(model: str, ports: Any, stop: Any) -> None:
+def _seed_server_process(model: str, cpus: set[int] | None, ports: Any, stop: Any) -> None:
     from edgewire.bench.seed_server import SeedServer
 
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def infer(x: np.ndarray) -> np.ndarray:
@@ -131,10 +157,14 @@ class Burst:
         return float(fields["seconds"]), int(fields["ok"])
 
 
-def seed_burst(model: Path, burst: Burst, clients: int, timeout: float) -> tuple[float, int]:
+def seed_burst(
+    model: Path, burst: Burst, clients: int, timeout: float, cpus: set[int] | None
+) -> tuple[float, int]:
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_seed_server_process, args=(str(model), ports, stop), daemon=True)
+    proc = ctx.Process(
+        target=_seed_server_process, args=(str(model), cpus, ports, stop), daemon=True
+    )
     proc.start()
     try:
         return burst(ports.get(timeout=60), clients, timeout)
@@ -145,40 +175,56 @@ def seed_burst(model: Path, burst: Burst, clients: int, timeout: float) -> tuple
             proc.kill()
 
 
-@contextlib.contextmanager
-def litserve_server(model: Path, port: int, max_batch: int, delay_s: float) -> Iterator[None]:
-    """LitServe on ``port`` until the block ends; then it and its workers are stopped
-    (its own process group: stopping only the server left the workers running)."""
-    with process_group(
-        [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(model), str(port),
-         str(max_batch), str(delay_s)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ) as proc:  # fmt: skip
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"LitServe did not start (exit code {proc.poll()})")
-        yield
+@dataclass(frozen=True)
+class Run:
+    """One load run and where the CPU went (µs per answered request)."""
+
+    load: LoadResult
+    agent_us: float
+    model_us: float
+    loadgen_us: float
+    mean_batch: float
+
+    @property
+    def nonmodel_us(self) -> float:
+        return self.agent_us - self.model_us
+
+    def cpu_line(self) -> str:
+        return (
+            f"agent {self.agent_us:.0f} µs/req (model {self.model_us:.0f}, other "
+            f"{self.nonmodel_us:.0f}), load generator {self.loadgen_us:.0f} µs/req, "
+            f"mean batch {self.mean_batch:.1f}"
+        )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_BATCHER = re.compile(
+    r'^(edgewire_model_cpu_seconds_total|edgewire_batches_total|edgewire_batch_rows_total)'
+    r'\{model="mnist"\} (\S+)$', re.M
+)  # fmt: skip
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def batcher_counters(agent: SpawnedAgent) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{agent.ports['http']}/metrics", timeout=30).text
+    return {name: float(value) for name, value in _BATCHER.findall(text)}
+
+
+def measured(agent: SpawnedAgent, protocol: str, clients: int, seconds: float, **kw: Any) -> Run:
+    """A load run against ``agent``, with the agent's CPU (its clock) and the model's."""
+    before, cpu0 = batcher_counters(agent), process_cpu_s(agent.proc.pid)
+    result = load(agent.ports[protocol], protocol, clients, seconds, **kw)
+    cpu1, after = process_cpu_s(agent.proc.pid), batcher_counters(agent)
+    ok = max(result.ok, 1)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    return Run(
+        load=result,
+        agent_us=(cpu1 - cpu0) / ok * 1e6,
+        model_us=delta("edgewire_model_cpu_seconds_total") / ok * 1e6,
+        loadgen_us=result.client_cpu_s / ok * 1e6,
+        mean_batch=delta("edgewire_batch_rows_total") / max(delta("edgewire_batches_total"), 1),
+    )
 
 
 def load(port: int, protocol: str, clients: int, seconds: float, **kw: Any) -> LoadResult:
@@ -189,139 +235,369 @@ def load(port: int, protocol: str, clients: int, seconds: float, **kw: Any) -> L
     return run_load(spec)
 
 
+async def _hold_idle(port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for start in range(0, count, 500):
+        opened = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in range(min(500, count - start)))
+        )
+        writers.extend(w for _, w in opened)
+    return writers
+
+
+def open_idle(port: int, count: int) -> tuple[asyncio.AbstractEventLoop, list[Any]]:
+    """``count`` idle connections to ``port``, held by this process until closed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 4096)), hard))
+    loop = asyncio.new_event_loop()
+    return loop, loop.run_until_complete(_hold_idle(port, count))
+
+
+def agent_env(threads: int | None) -> dict[str, str]:
+    env = {"EDGEWIRE_MAX_BATCH_SIZE": "32", "EDGEWIRE_MAX_QUEUE_DELAY_MS": "2"}
+    if threads:
+        env |= {"EDGEWIRE_INTRA_OP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a couple of minutes")
+    parser.add_argument("--quick", action="store_true", help="a run of a few minutes")
     parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--burst", type=int, default=500)
-    parser.add_argument("--http-clients", type=int, default=64)
+    parser.add_argument(
+        "--http-clients", default="8,64", help="client counts for the HTTP comparison"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     seconds = 6.0 if args.quick else 20.0
+    http_clients = [int(c) for c in args.http_clients.split(",")]
+    cores = roles()
     tmp = Path(tempfile.mkdtemp(prefix="edgewire-serve-"))
-    figures: dict[str, Any] = {}
+    f: dict[str, Any] = {}
     try:
         model = tmp / "mnist_cnn.onnx"
         make_model(model, samples=1000 if args.quick else 5000)
-        ceiling_sps, best_batch, rates = ceiling(model, seconds=1.0 if args.quick else 3.0)
+        with pinned(cores.agent):
+            f["pinned_ceiling_sps"], f["pinned_ceiling_batch"], rates = ceiling(
+                model, seconds=1.0 if args.quick else 3.0, threads=1
+            )
         console.print(
-            f"compute ceiling: {ceiling_sps:,.0f} samples/s at batch {best_batch} ({ {b: round(r) for b, r in rates.items()} })"
+            f"[bold]serve[/]: {cores.describe()}; ceiling, 1 thread on the agent's core: "
+            f"{f['pinned_ceiling_sps']:,.0f} samples/s at batch {f['pinned_ceiling_batch']} "
+            f"({ {b: round(r) for b, r in rates.items()} })"
         )
-        max_batch = max(best_batch, 8)
-        delay_ms = 2.0
-
         burst_tool = Burst(tmp)
-        # The seed server drops SYNs beyond its backlog of 5; clients retry for
-        # minutes. Those still unanswered at the timeout count as failed, and the
-        # seed's time is then a lower bound (so the speed-up is too).
-        burst_timeout = 30.0 if args.quick else 120.0
-        seed_s, seed_ok = seed_burst(model, burst_tool, args.burst, burst_timeout)
-        console.print(
-            f"seed server copy, {args.burst}-client burst: {seed_s:.2f} s ({seed_ok} answered)"
-        )
-
-        data_dir = tmp / "agent"
-        store = ModelStore(data_dir / "models")
+        store = ModelStore(tmp / "models")
         store.add("mnist", model)
         store.set_alias("mnist", "production", 1)
-        env = {
-            "EDGEWIRE_MAX_BATCH_SIZE": str(max_batch),
-            "EDGEWIRE_MAX_QUEUE_DELAY_MS": str(delay_ms),
-        }
-        with SpawnedAgent(data_dir, "--legacy-mnistprot-port", "0", env=env) as agent:
-            burst_s, burst_ok = burst_tool(agent.ports["mnistprot"], args.burst, burst_timeout)
-            console.print(
-                f"edgewire MnistProt, {args.burst}-client burst: {burst_s:.3f} s ({burst_ok} answered)"
-            )
-            cpu0 = process_cpu_s(agent.proc.pid)
-            native = load(agent.ports["native"], "native", args.clients, seconds)
-            agent_cpu_us = (process_cpu_s(agent.proc.pid) - cpu0) / max(native.ok, 1) * 1e6
-            client_cpu_us = native.client_cpu_s / max(native.ok, 1) * 1e6
-            console.print(
-                f"CPU per native request: agent {agent_cpu_us:.0f} µs (model included), "
-                f"clients {client_cpu_us:.0f} µs; model alone {1e6 / ceiling_sps * 2:.0f} µs of 2 cores"
-            )
-            console.print(
-                f"native, {args.clients} clients: {native.rps:,.0f} req/s, p99 {native.percentile(99):.1f} ms"
-            )
-            mnistprot = load(agent.ports["mnistprot"], "mnistprot", args.clients, seconds)
-            console.print(
-                f"MnistProt, {args.clients} clients: {mnistprot.rps:,.0f} req/s, p99 {mnistprot.percentile(99):.1f} ms"
-            )
-            http = load(agent.ports["http"], "http", args.http_clients, seconds, http_format="json")
-            console.print(
-                f"HTTP (KServe v2 JSON), {args.http_clients} clients: {http.rps:,.0f} req/s, p99 {http.percentile(99):.1f} ms"
-            )
-        port = free_port()
-        with litserve_server(model, port, max_batch, delay_ms / 1000):
-            litserve = load(port, "http", args.http_clients, seconds, http_format="litserve")
-        console.print(
-            f"LitServe, {args.http_clients} clients: {litserve.rps:,.0f} req/s, p99 {litserve.percentile(99):.1f} ms"
-        )
+        with pinned(cores.load):
+            pinned_runs(args, f, model, cores, burst_tool, seconds, http_clients, tmp)
+        unpinned_runs(args, f, model, seconds, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    figures = report(args, f, cores, burst_tool.kind, seconds, http_clients)
+    print(json_line(figures))
+    return 0
 
-    figures = {
-        "ceiling_sps": ceiling_sps,
-        "ceiling_batch": best_batch,
-        "native_1000_rps": native.rps,
-        "native_1000_p99_ms": native.percentile(99),
-        "native_1000_errors": native.errors,
-        "mnistprot_1000_rps": mnistprot.rps,
-        "mnistprot_1000_p99_ms": mnistprot.percentile(99),
-        "mnistprot_1000_errors": mnistprot.errors,
-        "native_vs_ceiling": native.rps / ceiling_sps,
-        "native_agent_cpu_us_per_request": agent_cpu_us,
-        "native_client_cpu_us_per_request": client_cpu_us,
-        "mnistprot_vs_ceiling": mnistprot.rps / ceiling_sps,
-        "seed_burst_s": seed_s,
-        "seed_burst_ok": seed_ok,
-        "edgewire_burst_s": burst_s,
-        "edgewire_burst_ok": burst_ok,
-        "burst_speedup": seed_s / burst_s,
-        "http_rps": http.rps,
-        "http_p99_ms": http.percentile(99),
-        "litserve_rps": litserve.rps,
-        "litserve_p99_ms": litserve.percentile(99),
-        "http_vs_litserve": http.rps / litserve.rps if litserve.rps else float("inf"),
+
+def _copy_store(tmp: Path, name: str) -> Path:
+    data_dir = tmp / name
+    shutil.copytree(tmp / "models", data_dir / "models")
+    return data_dir
+
+
+def pinned_runs(
+    args: argparse.Namespace,
+    f: dict[str, Any],
+    model: Path,
+    cores: Roles,
+    burst_tool: Burst,
+    seconds: float,
+    http_clients: list[int],
+    tmp: Path,
+) -> None:
+    """Everything measured with the roles on their own cores (this process: the load's)."""
+    burst_timeout = 30.0 if args.quick else 120.0
+    # The seed server drops SYNs beyond its backlog of 5; clients retry for minutes.
+    # Those still unanswered at the timeout count as failed, and the seed's time is
+    # then a lower bound (so the speed-up is too).
+    f["seed_burst_s"], f["seed_burst_ok"] = seed_burst(
+        model, burst_tool, args.burst, burst_timeout, cores.agent
+    )
+    console.print(f"seed server copy, {args.burst}-client burst: {f['seed_burst_s']:.2f} s")
+    env = agent_env(1)
+    # Native and HTTP: an agent without the MnistProt port, so that the fd plan gives
+    # the native port room for the idle connections as well (agent/fdlimits.py).
+    with SpawnedAgent(_copy_store(tmp, "pinned"), env=env, cpus=cores.agent) as agent:
+        load(agent.ports["native"], "native", args.clients, 2.0)  # warm-up
+        native = measured(agent, "native", args.clients, seconds)
+        f["native_pinned"] = native
+        console.print(
+            f"native, {args.clients} clients, pinned: {native.load.rps:,.0f} req/s, "
+            f"p99 {native.load.percentile(99):.1f} ms; {native.cpu_line()}"
+        )
+        f["rss_before_idle_mb"] = process_rss_mb(agent.proc.pid)
+        loop, idle = open_idle(agent.ports["native"], args.idle)
+        try:
+            time.sleep(1.0)
+            f["idle_rss_mb"] = process_rss_mb(agent.proc.pid)
+            with_idle = measured(agent, "native", args.clients, seconds)
+            f["idle10k_rss_mb"] = process_rss_mb(agent.proc.pid)
+        finally:
+            for writer in idle:
+                writer.close()
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()
+        f["native_idle"] = with_idle
+        console.print(
+            f"native, {args.clients} clients + {args.idle:,} idle: {with_idle.load.rps:,.0f} req/s, "
+            f"p99 {with_idle.load.percentile(99):.1f} ms; agent RSS {f['idle10k_rss_mb']:.0f} MB"
+        )
+        for c in http_clients:
+            for fmt in ("json", "binary"):
+                run = measured(agent, "http", c, seconds, http_format=fmt)
+                f[f"http_{fmt}_{c}"] = run
+                console.print(
+                    f"HTTP KServe v2 {fmt}, {c} clients: {run.load.rps:,.0f} req/s, "
+                    f"p99 {run.load.percentile(99):.1f} ms; {run.cpu_line()}"
+                )
+    with SpawnedAgent(
+        _copy_store(tmp, "pinned-mnistprot"), "--legacy-mnistprot-port", "0", env=env,
+        cpus=cores.agent,
+    ) as agent:  # fmt: skip
+        f["edgewire_burst_s"], f["edgewire_burst_ok"] = burst_tool(
+            agent.ports["mnistprot"], args.burst, burst_timeout
+        )
+        console.print(
+            f"edgewire MnistProt, {args.burst}-client burst: {f['edgewire_burst_s']:.3f} s"
+        )
+        load(agent.ports["mnistprot"], "mnistprot", args.clients, 2.0)  # warm-up
+        mnistprot = measured(agent, "mnistprot", args.clients, seconds)
+        f["mnistprot_pinned"] = mnistprot
+        console.print(
+            f"MnistProt, {args.clients} clients, pinned: {mnistprot.load.rps:,.0f} req/s, "
+            f"p99 {mnistprot.load.percentile(99):.1f} ms; {mnistprot.cpu_line()}"
+        )
+    for name in http_peers.PEERS:
+        if not http_peers.available(name):
+            console.print(f"{name} is not installed (pip install -e '.[peers]'): skipped")
+            continue
+        port = http_peers.free_port()
+        with http_peers.peer_server(
+            name, model, port, max_batch=32, delay_s=0.002, cpus=cores.agent
+        ) as peer:
+            for c in http_clients:
+                cpu0 = peer.cpu_s()
+                result = load(port, "http", c, seconds, http_format="litserve")
+                cpu_us = (peer.cpu_s() - cpu0) / max(result.ok, 1) * 1e6
+                f[f"{name}_{c}"] = (result, cpu_us)
+                console.print(
+                    f"{name}, {c} clients: {result.rps:,.0f} req/s, p99 "
+                    f"{result.percentile(99):.1f} ms, errors {result.errors}; server {cpu_us:.0f} µs/req"
+                )
+
+
+def unpinned_runs(
+    args: argparse.Namespace, f: dict[str, Any], model: Path, seconds: float, tmp: Path
+) -> None:
+    """Today's rows: every role on every core, ONNX Runtime's default threads."""
+    f["ceiling_sps"], f["ceiling_batch"], _ = ceiling(model, seconds=1.0 if args.quick else 3.0)
+    with SpawnedAgent(
+        _copy_store(tmp, "unpinned"), "--legacy-mnistprot-port", "0", env=agent_env(None)
+    ) as agent:
+        for protocol in ("native", "mnistprot"):
+            run = measured(agent, protocol, args.clients, seconds)
+            f[f"{protocol}_unpinned"] = run
+            console.print(
+                f"{protocol}, {args.clients} clients, unpinned: {run.load.rps:,.0f} req/s, "
+                f"p99 {run.load.percentile(99):.1f} ms; {run.cpu_line()}"
+            )
+
+
+def _best_peer(f: dict[str, Any], clients: int) -> tuple[str, LoadResult] | None:
+    found = [(n, f[f"{n}_{clients}"][0]) for n in http_peers.PEERS if f"{n}_{clients}" in f]
+    return max(found, key=lambda item: item[1].rps) if found else None
+
+
+def report(
+    args: argparse.Namespace,
+    f: dict[str, Any],
+    cores: Roles,
+    burst_kind: str,
+    seconds: float,
+    http_clients: list[int],
+) -> dict[str, Any]:
+    native, mnistprot, idle = f["native_pinned"], f["mnistprot_pinned"], f["native_idle"]
+    un_native, un_mnistprot = f["native_unpinned"], f["mnistprot_unpinned"]
+    pc, uc = f["pinned_ceiling_sps"], f["ceiling_sps"]
+    figures: dict[str, Any] = {
+        # Unpinned, as before.
+        "ceiling_sps": uc,
+        "ceiling_batch": f["ceiling_batch"],
+        "native_1000_rps": un_native.load.rps,
+        "native_1000_p99_ms": un_native.load.percentile(99),
+        "native_1000_errors": un_native.load.errors,
+        "mnistprot_1000_rps": un_mnistprot.load.rps,
+        "mnistprot_1000_p99_ms": un_mnistprot.load.percentile(99),
+        "mnistprot_1000_errors": un_mnistprot.load.errors,
+        "native_vs_ceiling": un_native.load.rps / uc,
+        "native_agent_cpu_us_per_request": un_native.agent_us,
+        "native_client_cpu_us_per_request": un_native.loadgen_us,
+        "mnistprot_vs_ceiling": un_mnistprot.load.rps / uc,
+        # Pinned: the targets.
+        "pinned_ceiling_sps": pc,
+        "pinned_ceiling_batch": f["pinned_ceiling_batch"],
+        "native_1000_pinned_rps": native.load.rps,
+        "native_1000_pinned_p99_ms": native.load.percentile(99),
+        "native_1000_pinned_errors": native.load.errors,
+        "native_1000_pinned_vs_ceiling": native.load.rps / pc,
+        "mnistprot_1000_pinned_rps": mnistprot.load.rps,
+        "mnistprot_1000_pinned_p99_ms": mnistprot.load.percentile(99),
+        "mnistprot_1000_pinned_errors": mnistprot.load.errors,
+        "mnistprot_1000_pinned_vs_ceiling": mnistprot.load.rps / pc,
+        "agent_nonmodel_us_per_req": native.nonmodel_us,
+        "agent_model_us_per_req": native.model_us,
+        "mnistprot_agent_nonmodel_us_per_req": mnistprot.nonmodel_us,
+        "native_loadgen_us_per_req": native.loadgen_us,
+        "idle10k_rps": idle.load.rps,
+        "idle10k_rps_ratio": idle.load.rps / native.load.rps if native.load.rps else 0.0,
+        "idle10k_rss_mb": f["idle10k_rss_mb"],
+        "rss_before_idle_mb": f["rss_before_idle_mb"],
+        "seed_burst_s": f["seed_burst_s"],
+        "seed_burst_ok": f["seed_burst_ok"],
+        "edgewire_burst_s": f["edgewire_burst_s"],
+        "edgewire_burst_ok": f["edgewire_burst_ok"],
+        "burst_speedup": f["seed_burst_s"] / f["edgewire_burst_s"],
     }
-    header = ["run", "req/s (samples/s)", "p99 ms", "errors", "ratio", "target"]
+    c_main = max(http_clients)
+    for c in http_clients:
+        for fmt in ("json", "binary"):
+            run = f[f"http_{fmt}_{c}"]
+            figures[f"http_{fmt}_{c}_rps"] = run.load.rps
+            figures[f"http_{fmt}_{c}_p99_ms"] = run.load.percentile(99)
+        for name in http_peers.PEERS:
+            if f"{name}_{c}" in f:
+                result, _ = f[f"{name}_{c}"]
+                figures[f"{name}_{c}_rps"] = result.rps
+                figures[f"{name}_{c}_p99_ms"] = result.percentile(99)
+                figures[f"{name}_{c}_errors"] = result.errors
+    # The old keys: HTTP JSON at the largest client count, against LitServe there.
+    http_main = f[f"http_json_{c_main}"].load
+    figures["http_rps"], figures["http_p99_ms"] = http_main.rps, http_main.percentile(99)
+    if f"litserve_{c_main}" in f:
+        lit = f[f"litserve_{c_main}"][0]
+        figures["litserve_rps"], figures["litserve_p99_ms"] = lit.rps, lit.percentile(99)
+        figures["http_vs_litserve"] = http_main.rps / lit.rps if lit.rps else float("inf")
+    # The target: at each client count, against the better peer there; the worst of those.
+    vs: dict[str, list[float]] = {"json": [], "binary": []}
+    p99_ok = True
+    for c in http_clients:
+        best = _best_peer(f, c)
+        if best is None:
+            continue
+        for fmt in vs:
+            run = f[f"http_{fmt}_{c}"].load
+            vs[fmt].append(run.rps / best[1].rps if best[1].rps else float("inf"))
+            p99_ok = p99_ok and run.percentile(99) <= best[1].percentile(99)
+    figures["http_vs_best_peer"] = min(vs["json"]) if vs["json"] else None
+    figures["http_binary_vs_best_peer"] = min(vs["binary"]) if vs["binary"] else None
+    figures["http_p99_at_or_below_peers"] = p99_ok if vs["json"] else None
+
+    header = ["run", "req/s", "p99 ms", "errors", "ratio", "target"]
     rows = [
-        [f"ONNX Runtime alone, batch {best_batch} (ceiling)", f"{ceiling_sps:,.0f}", "", "", "1.00", ""],
-        [f"edgewire native, {args.clients} clients", f"{native.rps:,.0f}", f"{native.percentile(99):.1f}", str(native.errors), f"{figures['native_vs_ceiling']:.2f} of ceiling", "≥ 0.80"],
-        [f"edgewire MnistProt, {args.clients} clients", f"{mnistprot.rps:,.0f}", f"{mnistprot.percentile(99):.1f}", str(mnistprot.errors), f"{figures['mnistprot_vs_ceiling']:.2f} of ceiling", ""],
-        [f"seed server copy, {args.burst}-client burst", f"{seed_s:.2f} s total", "", str(args.burst - seed_ok), "1.00", ""],
-        [f"edgewire MnistProt, {args.burst}-client burst", f"{burst_s:.3f} s total", "", str(args.burst - burst_ok), f"{figures['burst_speedup']:.0f}× faster", "≥ 50×"],
-        [f"edgewire HTTP (KServe v2 JSON), {args.http_clients} clients", f"{http.rps:,.0f}", f"{http.percentile(99):.1f}", str(http.errors), f"{figures['http_vs_litserve']:.2f}× LitServe", "≥ 1.5× at ≤ p99"],
-        [f"LitServe, same model and batching, {args.http_clients} clients", f"{litserve.rps:,.0f}", f"{litserve.percentile(99):.1f}", str(litserve.errors), "1.00", ""],
+        [f"ONNX Runtime alone, 1 thread, agent's core, batch {f['pinned_ceiling_batch']} (ceiling)", f"{pc:,.0f}", "", "", "1.00", ""],
+        [f"native, {args.clients} clients", f"{native.load.rps:,.0f}", f"{native.load.percentile(99):.1f}", str(native.load.errors), f"{native.load.rps / pc:.2f} of ceiling", "≥ 0.80"],
+        [f"MnistProt, {args.clients} clients", f"{mnistprot.load.rps:,.0f}", f"{mnistprot.load.percentile(99):.1f}", str(mnistprot.load.errors), f"{mnistprot.load.rps / pc:.2f} of ceiling", "≥ 0.80"],
+        [f"native, {args.clients} clients + {args.idle:,} idle", f"{idle.load.rps:,.0f}", f"{idle.load.percentile(99):.1f}", str(idle.load.errors), f"{figures['idle10k_rps_ratio']:.2f} of without", "≥ 0.90; RSS ≤ 150 MB"],
+        [f"seed server copy, {args.burst}-client burst", f"{f['seed_burst_s']:.2f} s total", "", str(args.burst - f["seed_burst_ok"]), "1.00", ""],
+        [f"MnistProt, {args.burst}-client burst", f"{f['edgewire_burst_s']:.3f} s total", "", str(args.burst - f["edgewire_burst_ok"]), f"{figures['burst_speedup']:.0f}× faster", "≥ 50×"],
+    ]  # fmt: skip
+    for c in http_clients:
+        best = _best_peer(f, c)
+        for fmt in ("json", "binary"):
+            run = f[f"http_{fmt}_{c}"].load
+            ratio = f"{run.rps / best[1].rps:.2f}× {best[0]}" if best and best[1].rps else ""
+            rows.append([f"HTTP KServe v2 {fmt}, {c} clients", f"{run.rps:,.0f}", f"{run.percentile(99):.1f}", str(run.errors), ratio, "≥ 1.5× better peer, ≤ its p99"])  # fmt: skip
+        for name in http_peers.PEERS:
+            if f"{name}_{c}" in f:
+                result, _ = f[f"{name}_{c}"]
+                rows.append([f"{name}, same model and batching, {c} clients", f"{result.rps:,.0f}", f"{result.percentile(99):.1f}", str(result.errors), "", ""])  # fmt: skip
+    rows += [
+        [f"unpinned: ONNX Runtime alone, default threads, batch {f['ceiling_batch']}", f"{uc:,.0f}", "", "", "1.00", ""],
+        [f"unpinned: native, {args.clients} clients", f"{un_native.load.rps:,.0f}", f"{un_native.load.percentile(99):.1f}", str(un_native.load.errors), f"{un_native.load.rps / uc:.2f} of ceiling", ""],
+        [f"unpinned: MnistProt, {args.clients} clients", f"{un_mnistprot.load.rps:,.0f}", f"{un_mnistprot.load.percentile(99):.1f}", str(un_mnistprot.load.errors), f"{un_mnistprot.load.rps / uc:.2f} of ceiling", ""],
     ]  # fmt: skip
     print_table(console, "serving", header, rows)
+
+    cpu_header = [
+        "run",
+        "agent µs/req",
+        "model µs/req",
+        "other µs/req",
+        "load generator µs/req",
+        "mean batch",
+    ]
+    cpu_runs = [
+        (f"native, {args.clients} clients", native),
+        (f"MnistProt, {args.clients} clients", mnistprot),
+        (f"native, {args.clients} clients + {args.idle:,} idle", idle),
+        *((f"HTTP {fmt}, {c} clients", f[f"http_{fmt}_{c}"]) for c in http_clients for fmt in ("json", "binary")),
+        (f"unpinned: native, {args.clients} clients", un_native),
+        (f"unpinned: MnistProt, {args.clients} clients", un_mnistprot),
+    ]  # fmt: skip
+    cpu_rows = [
+        [name, f"{r.agent_us:.0f}", f"{r.model_us:.0f}", f"{r.nonmodel_us:.0f}", f"{r.loadgen_us:.0f}", f"{r.mean_batch:.1f}"]
+        for name, r in cpu_runs
+    ]  # fmt: skip
+    print_table(console, "CPU per request", cpu_header, cpu_rows)
     verdicts = {
-        "1,000 clients ≥ 80% of the compute ceiling": figures["native_vs_ceiling"] >= 0.8,
-        "burst ≥ 50× faster than the seed copy": figures["burst_speedup"] >= 50,
-        "HTTP ≥ 1.5× LitServe at equal or better p99": figures["http_vs_litserve"] >= 1.5
-        and figures["http_p99_ms"] <= figures["litserve_p99_ms"],
-    }
+        "native 1,000 clients ≥ 0.80 of the ceiling": figures["native_1000_pinned_vs_ceiling"] >= 0.8,
+        "MnistProt 1,000 clients ≥ 0.80 of the ceiling": figures["mnistprot_1000_pinned_vs_ceiling"] >= 0.8,
+        "agent's non-model CPU ≤ 30 µs/request": figures["agent_nonmodel_us_per_req"] <= 30,
+        "10,000 idle: throughput within 10%": figures["idle10k_rps_ratio"] >= 0.9,
+        "10,000 idle: agent RSS ≤ 150 MB": figures["idle10k_rss_mb"] <= 150,
+        "burst ≥ 50× the seed copy": figures["burst_speedup"] >= 50,
+        "HTTP ≥ 1.5× the better peer at ≤ its p99": bool(
+            figures["http_vs_best_peer"] is not None
+            and min(figures["http_vs_best_peer"], figures["http_binary_vs_best_peer"]) >= 1.5
+            and figures["http_p99_at_or_below_peers"]
+        ),
+    }  # fmt: skip
     if not args.no_write:
         command = "python benchmarks/serve.py" + (" --quick" if args.quick else "")
+        peers = [n for n in http_peers.PEERS if any(f"{n}_{c}" in f for c in http_clients)]
         body = (
             "## Serving (`benchmarks/serve.py`)\n\n"
-            f"Command: `{command}` (model: the demo's MNIST CNN trained on real digits, ONNX, CPU; "
-            f"agent batching: max batch {max_batch}, max queue delay {delay_ms} ms; load from "
-            f"`edgewire.bench.loadgen` in separate processes on the same 2 cores; {seconds:g} s per load run; "
-            f"bursts by the {burst_tool.kind}).\n\n"
+            f"Command: `{command}` (after `pip install -e '.[peers]'` for the HTTP peers; "
+            f"`make bench` does both). Model: the demo's MNIST CNN trained on real digits, ONNX, CPU. "
+            f"Roles: {cores.describe()}: the agent and its one model thread "
+            "(`EDGEWIRE_INTRA_OP_THREADS=1`) on its own core, as a Jetson is its own machine; "
+            "the load generator, the burst tool and the idle connections on the other, as the "
+            "microcontrollers are. The ceiling is ONNX Runtime alone with one thread on the agent's core. "
+            f"Agent batching: max batch 32, max queue delay 2 ms. {seconds:g} s per load run; bursts by "
+            f"the {burst_kind}; HTTP peers ({', '.join(peers) or 'none installed'}) pinned like the "
+            "agent, one model thread, max batch 32, LitServe's batch timeout 2 ms (BentoML's "
+            "max latency is a budget past which it answers 503: it gets 60 s, see "
+            "`benchmarks/http_peers.py`). The rows marked unpinned run every role on both cores "
+            "with ONNX Runtime's default threads, as this benchmark did before.\n\n"
             + markdown_table(header, rows)
-            + f"\n\nCPU per native request at {args.clients} clients: agent {agent_cpu_us:.0f} µs (model call included), "
-            f"load generator {client_cpu_us:.0f} µs; the model alone needs {2e6 / ceiling_sps:.0f} µs of CPU per sample "
-            "at its best batch (2 cores busy).\n\nTargets: "
+            + "\n\nCPU per answered request, from the agent's own CPU clock (`/proc`) and the "
+            'model calls\' thread clock (`edgewire_model_cpu_seconds_total`); "other" is '
+            "everything else the agent does for a request (sockets, decoding, checks, batching, "
+            "answers):\n\n"
+            + markdown_table(cpu_header, cpu_rows)
+            + f"\n\nAgent resident memory: {f['rss_before_idle_mb']:.0f} MB after the first "
+            f"native run, {f['idle_rss_mb']:.0f} MB with {args.idle:,} idle connections, "
+            f"{f['idle10k_rss_mb']:.0f} MB after the run beside them.\n\nTargets: "
             + "; ".join(
                 f"{name}: **{'met' if ok else 'not met'}**" for name, ok in verdicts.items()
             )
             + ".\n"
         )
         write_section(ROOT / "docs" / "benchmarks.md", "serve", body)
-    print(json_line(figures))
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

@@ -20,15 +20,21 @@ import json
 import math
 import reprlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgewire.errors import DataError, FrameTooLarge, ProtocolError
+from edgewire.errors import DataError, EdgewireError, FrameTooLarge, ProtocolError
 from edgewire.jsonsafe import loads_strict
+
+_fast_loads: Callable[[bytes], Any] | None
+try:  # optional: the standard parser reads the same, ten times slower
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = None
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
@@ -134,7 +140,30 @@ def parse_infer_request(
     max_body: int,
     max_elements: int = 1 << 24,
 ) -> InferRequest:
-    """Decode and check one inference request against the model's inputs."""
+    """Decode and check one inference request against the model's inputs.
+
+    The JSON is read by orjson where it is installed (a tenth of the time for a
+    body of numbers); a request it refuses, or that fails a check, is read again
+    by the standard library, so what is accepted and every error message are the
+    standard parser's (orjson reads integers past 64 bits as floats, say).
+    """
+    if _fast_loads is not None:
+        try:
+            return _parse_request(body, header_length, inputs, max_body, max_elements, fast=True)
+        except EdgewireError:
+            pass
+    return _parse_request(body, header_length, inputs, max_body, max_elements, fast=False)
+
+
+def _parse_request(
+    body: bytes,
+    header_length: int | None,
+    inputs: Sequence[TensorSpec],
+    max_body: int,
+    max_elements: int,
+    *,
+    fast: bool,
+) -> InferRequest:
     if len(body) > max_body:
         raise FrameTooLarge(f"request body is {len(body)} bytes, over the limit of {max_body}")
     if header_length is None:
@@ -145,7 +174,7 @@ def parse_infer_request(
         raise DataError(
             f"{HEADER_LENGTH} is {header_length}, expected 1..{len(body)} (the body length)"
         )
-    doc = _load_json(body[:json_end])
+    doc = _load_json(body[:json_end], fast=fast)
     if not isinstance(doc, dict):
         raise DataError(f"request must be a JSON object, got {_json_name(doc)}")
     request_id = doc.get("id")
@@ -197,7 +226,12 @@ class _BinaryPart:
         return chunk
 
 
-def _load_json(raw: bytes) -> Any:
+def _load_json(raw: bytes, *, fast: bool = False) -> Any:
+    if fast and _fast_loads is not None:
+        try:
+            return _fast_loads(raw)
+        except ValueError:  # orjson.JSONDecodeError
+            raise DataError("request is not JSON orjson reads") from None
     try:
         return loads_strict(raw, what="request")
     except ProtocolError as exc:  # a body the peer got wrong is a DataError here, as the rest

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 
@@ -39,10 +40,7 @@ READ_CHUNK = 16 * 1024
 def handler(ctx: PortContext) -> Handler:
     """The MnistProt port's connection handler (``edgewire.ports`` names it)."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle_mnistprot(ctx, reader, writer)
-
-    return handle
+    return functools.partial(handle_mnistprot, ctx)
 
 
 async def handle_mnistprot(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
-from collections import deque
 from typing import Any
 
 import numpy.typing as npt
@@ -67,7 +66,10 @@ class FramedStream:
         self._budget = budget
         self._held = 0
         self._decoder = FrameDecoder(max_payload=max_payload)
-        self._ready: deque[Frame] = deque()
+        # Frames decoded and not yet read: a list and the index of the next one (an idle
+        # connection holds an empty list, not a deque's 600-byte block).
+        self._ready: list[Frame] = []
+        self._next = 0
         # One timer per stream, re-armed lazily, bounds every read (see _read_within):
         # a wait costs a clock read, not a timer of its own.
         self._timer: asyncio.TimerHandle | None = None
@@ -84,11 +86,11 @@ class FramedStream:
         here, the whole frame must arrive within ``frame_timeout`` (default:
         ``timeout``), so a peer trickling one byte a second is cut off.
         """
-        if self._ready:
-            return self._ready.popleft()
+        if self._next < len(self._ready):
+            return self._take()
         loop = asyncio.get_running_loop()
         deadline: float | None = None
-        while not self._ready:
+        while self._next >= len(self._ready):
             if self._decoder.buffered and deadline is None:
                 limit = frame_timeout if frame_timeout is not None else timeout
                 deadline = None if limit is None else loop.time() + limit
@@ -104,9 +106,16 @@ class FramedStream:
                 self._hold(0)
                 self._decoder.flush()
                 return None
-            self._ready.extend(self._decoder.feed(chunk))
+            self._ready, self._next = self._decoder.feed(chunk), 0
             self._hold(self._decoder.buffered)
-        return self._ready.popleft()
+        return self._take()
+
+    def _take(self) -> Frame:
+        frame = self._ready[self._next]
+        self._next += 1
+        if self._next == len(self._ready):
+            self._ready, self._next = [], 0
+        return frame
 
     async def _read_within(self, loop: asyncio.AbstractEventLoop, wait: float | None) -> bytes:
         """The next chunk, or TimeoutError after ``wait`` seconds (None: no limit).

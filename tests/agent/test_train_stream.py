@@ -281,3 +281,55 @@ def test_the_host_may_ask_for_the_trained_model_back(
                         StreamOptions(run_id="plain", spec=spec_for(train), batch_size=64))
     )  # fmt: skip
     assert "model" not in plain and "model_bytes" not in plain
+
+
+def _outcome(seq: int) -> Any:
+    from edgewire.train.session import BatchOutcome
+
+    return BatchOutcome(seq=seq, epoch=0, split="train", loss=0.1, correct=1, count=1,
+                        step_ms=1.0, memory_bytes=0, samples_seen=seq + 1)  # fmt: skip
+
+
+def test_feedback_goes_back_in_groups_only_while_the_trainer_is_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first answer goes at once; later ones wait for company only while at least a
+    group's worth of batches is queued, so the host's credits never come back late."""
+    import queue
+
+    from edgewire.agent import train_stream
+
+    monkeypatch.setattr(train_stream, "apply_batch", lambda state, *, seq, x, y: _outcome(seq))
+    jobs: queue.Queue[Any] = queue.Queue()
+    for seq in range(9):
+        jobs.put((seq, None, None))
+    jobs.put(None)
+    posted: list[list[int]] = []
+    train_stream._train_thread(None, jobs, lambda group: posted.append([o.seq for o in group]), 3)  # type: ignore[arg-type]
+    # After batch 0, seven batches and the end marker are queued: 1-3 go together, 4-6
+    # too; past that fewer than three wait, and each answer goes alone.
+    assert posted == [[0], [1, 2, 3], [4, 5, 6], [7], [8]]
+
+
+def test_what_was_trained_before_an_error_is_still_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import queue
+
+    from edgewire.agent import train_stream
+
+    def apply(state: Any, *, seq: int, x: Any, y: Any) -> Any:
+        if seq == 3:
+            raise RuntimeError("step failed")
+        return _outcome(seq)
+
+    monkeypatch.setattr(train_stream, "apply_batch", apply)
+    jobs: queue.Queue[Any] = queue.Queue()
+    for seq in range(8):
+        jobs.put((seq, None, None))
+    posted: list[list[int]] = []
+    with pytest.raises(RuntimeError, match="step failed"):
+        train_stream._train_thread(
+            None, jobs, lambda group: posted.append([o.seq for o in group]), 4
+        )  # type: ignore[arg-type]
+    assert posted == [[0], [1, 2]]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgewire.errors import AuthError, ConnectError, ProtocolError, RemoteError
-from edgewire.wire.frames import MsgType
+from edgewire.wire.frames import MsgType, encode_frame
+from edgewire.wire.messages import encode_message
 from edgewire.wire.stream import FramedStream, open_framed
 
 if TYPE_CHECKING:
@@ -195,6 +196,15 @@ async def _hello(stream: FramedStream, token: str, timeout: float) -> None:
         raise ProtocolError(f"the agent answered HELLO with {got[0].type.name}")
 
 
+def _batch_frame(batches: _Batches, seq: int) -> bytes:
+    epoch, split, x, y = batches.get(seq)
+    payload = encode_message(
+        {"seq": seq, "epoch": epoch, "split": split},
+        [np.ascontiguousarray(x), y.astype(np.int64, copy=False)],
+    )
+    return encode_frame(MsgType.TRAIN_BATCH, payload, request_id=seq % 2**32)
+
+
 async def _send_all(
     stream: FramedStream,
     batches: _Batches,
@@ -203,15 +213,18 @@ async def _send_all(
     credits: asyncio.Semaphore,
     options: StreamOptions,
 ) -> None:
-    for seq in range(start, total):
+    seq = start
+    while seq < total:
         await credits.acquire()
-        epoch, split, x, y = batches.get(seq)
-        stream.send(
-            MsgType.TRAIN_BATCH,
-            {"seq": seq, "epoch": epoch, "split": split},
-            [np.ascontiguousarray(x), y.astype(np.int64, copy=False)],
-            request_id=seq % 2**32,
-        )
+        frames = [_batch_frame(batches, seq)]
+        seq += 1
+        # Credits that came back together go out together: one write, and on the
+        # agent one wake-up, for the group (the agent answers in groups too).
+        while seq < total and not credits.locked():
+            await credits.acquire()  # free: it does not wait
+            frames.append(_batch_frame(batches, seq))
+            seq += 1
+        stream.writer.writelines(frames)
         await stream.drain(options.timeout)
     stream.send(MsgType.TRAIN_END, {"return_model": True} if options.return_model else {})
     await stream.drain(options.timeout)
@@ -224,17 +237,33 @@ async def _receive(
     sender: asyncio.Task[None],
     options: StreamOptions,
 ) -> dict[str, Any]:
+    # One plain read per frame (frames already buffered come without a trip
+    # through the event loop); a failed sender interrupts it by cancelling this
+    # task, and its failure is the real error.
+    this = asyncio.current_task()
+    assert this is not None
+
+    def interrupt(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not this.done():
+            this.cancel()
+
+    sender.add_done_callback(interrupt)
+    try:
+        return await _read_replies(stream, credits, emit, options)
+    except asyncio.CancelledError:
+        failure = sender.exception() if sender.done() and not sender.cancelled() else None
+        if failure is None or this.uncancel():
+            raise  # cancelled from outside: not ours to swallow
+        raise failure from None
+    finally:
+        sender.remove_done_callback(interrupt)
+
+
+async def _read_replies(
+    stream: FramedStream, credits: asyncio.Semaphore, emit: EventHandler, options: StreamOptions
+) -> dict[str, Any]:
     while True:
-        read = asyncio.ensure_future(stream.read_message(options.timeout))
-        done, _ = await asyncio.wait({read, sender}, return_when=asyncio.FIRST_COMPLETED)
-        if read not in done:
-            # The sender finished (or failed); a failure is the real error.
-            if sender.exception() is not None:
-                read.cancel()
-                raise sender.exception()  # type: ignore[misc]
-            got = await read
-        else:
-            got = read.result()
+        got = await stream.read_message(options.timeout)
         if got is None:
             # The agent went away (it died, or its host did): a connection lost, not
             # a malformed stream; the run waits at its last checkpoint.

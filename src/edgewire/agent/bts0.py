@@ -19,7 +19,7 @@ from edgewire.agent.disk import CHECKPOINT_FACTOR
 from edgewire.agent.legacy import read_chunk
 from edgewire.errors import BusyError, ConnectError, EdgewireError, PeerTimeout
 from edgewire.wire.bts0 import ERR_REPLY, Bts0Batch, Bts0Decoder, format_reply
-from edgewire.wire.stream import linger_close
+from edgewire.wire.stream import TimedReads, linger_close
 
 if TYPE_CHECKING:
     from edgewire.train.trainer import Trainer
@@ -57,6 +57,7 @@ async def handle_bts0(
     loop = asyncio.get_running_loop()
     cfg = agent.config
     decoder = Bts0Decoder()
+    reads = TimedReads(reader)
     trainer: Trainer | None = None
     model_size = 0
     batches = 0
@@ -65,7 +66,7 @@ async def handle_bts0(
     try:
         while not agent.stopping.is_set():
             chunk = await read_chunk(
-                reader, cfg, mid_message=bool(decoder.buffered), size=READ_CHUNK, what="BTS0 sender"
+                reads, cfg, mid_message=bool(decoder.buffered), size=READ_CHUNK, what="BTS0 sender"
             )
             if not chunk:
                 decoder.flush()
@@ -96,6 +97,7 @@ async def handle_bts0(
         writer.write(ERR_REPLY)
         refused = True
     finally:
+        reads.cancel()
         if refused:
             await linger_close(reader, writer)
         else:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from edgewire.config import AgentConfig
 from edgewire.errors import ConnectError, PeerTimeout
+from edgewire.wire.stream import TimedReads
 
 
 async def read_chunk(
-    reader: asyncio.StreamReader, config: AgentConfig, *, mid_message: bool, size: int, what: str
+    reads: TimedReads, config: AgentConfig, *, mid_message: bool, size: int, what: str
 ) -> bytes:
     """The next bytes from a legacy peer; b"" at end of stream.
 
@@ -18,8 +17,7 @@ async def read_chunk(
     """
     timeout = config.frame_timeout if mid_message else config.idle_timeout
     try:
-        async with asyncio.timeout(timeout):
-            return await reader.read(size)
+        return await reads.read(size, timeout)
     except TimeoutError as exc:
         raise PeerTimeout(f"{what} silent for {timeout:g} s") from exc
     except OSError as exc:

@@ -32,6 +32,7 @@ from edgewire.wire.mnistprot import (
     decode_request,
     encode_response,
 )
+from edgewire.wire.stream import TimedReads
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 16 * 1024
@@ -49,10 +50,11 @@ async def handle_mnistprot(
     cfg = agent.config
     framer = RequestFramer()
     answers = _Answers(agent, writer)
+    reads = TimedReads(reader)
     try:
         while not agent.stopping.is_set() and answers.error is None:
             chunk = await read_chunk(
-                reader,
+                reads,
                 cfg,
                 mid_message=bool(framer.buffered),
                 size=READ_CHUNK,
@@ -84,6 +86,7 @@ async def handle_mnistprot(
                 async with asyncio.timeout(cfg.drain_timeout):
                     await answers.wait_sent()
         answers.closed = True  # still queued: dropped from the batcher
+        reads.cancel()
         writer.close()
 
 

@@ -48,6 +48,68 @@ class ByteBudget:
         return True
 
 
+class TimedReads:
+    """Reads from one stream, each bounded by its own timeout, with one timer in all.
+
+    ``asyncio.timeout`` schedules and cancels a timer for every read; here one
+    timer per stream fires at the earliest deadline and, if the read it was for
+    has finished, re-arms itself for the one in progress, if any. A read then
+    costs a clock read, not a timer. Reads are made by one task at a time.
+    """
+
+    __slots__ = ("_expired", "_timer", "_until", "_waiting", "reader")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self._timer: asyncio.TimerHandle | None = None
+        self._until: float | None = None
+        self._waiting: asyncio.Task[Any] | None = None
+        self._expired = False
+
+    async def read(self, size: int, wait: float | None) -> bytes:
+        """Up to ``size`` bytes (b"" at end of stream); TimeoutError after ``wait`` s
+        without any (None: no limit)."""
+        if wait is None:
+            return await self.reader.read(size)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        task = asyncio.current_task()
+        self._until, self._waiting = until, task
+        timer = self._timer
+        if timer is None or timer.when() > until:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(until, self._expire, loop)
+        try:
+            return await self.reader.read(size)
+        except asyncio.CancelledError:
+            if not self._expired or task is None:
+                raise
+            self._expired = False
+            if task.uncancel() > 0:  # cancelled by someone else too: theirs wins
+                raise
+            raise TimeoutError from None
+        finally:
+            self._until = self._waiting = None
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        until, task = self._until, self._waiting
+        if until is None or task is None:
+            return  # no read waits now; the next one arms the timer again
+        if loop.time() < until:
+            self._timer = loop.call_at(until, self._expire, loop)
+            return
+        self._expired = True
+        task.cancel()
+
+    def cancel(self) -> None:
+        """Stop the timer (the stream is done with)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class FramedStream:
     """Reads and writes whole frames; every read has a timeout."""
 
@@ -70,12 +132,7 @@ class FramedStream:
         # connection holds an empty list, not a deque's 600-byte block).
         self._ready: list[Frame] = []
         self._next = 0
-        # One timer per stream, re-armed lazily, bounds every read (see _read_within):
-        # a wait costs a clock read, not a timer of its own.
-        self._timer: asyncio.TimerHandle | None = None
-        self._until: float | None = None
-        self._waiting: asyncio.Task[Any] | None = None
-        self._expired = False
+        self._reads = TimedReads(reader)
 
     async def read_frame(
         self, timeout: float | None, *, frame_timeout: float | None = None
@@ -96,7 +153,7 @@ class FramedStream:
                 deadline = None if limit is None else loop.time() + limit
             wait = timeout if deadline is None else max(0.0, deadline - loop.time())
             try:
-                chunk = await self._read_within(loop, wait)
+                chunk = await self._reads.read(READ_CHUNK, wait)
             except TimeoutError as exc:
                 what = "frame to complete" if deadline is not None else "frame"
                 raise PeerTimeout(f"no {what} within {wait:.3g} s") from exc
@@ -116,46 +173,6 @@ class FramedStream:
         if self._next == len(self._ready):
             self._ready, self._next = [], 0
         return frame
-
-    async def _read_within(self, loop: asyncio.AbstractEventLoop, wait: float | None) -> bytes:
-        """The next chunk, or TimeoutError after ``wait`` seconds (None: no limit).
-
-        ``asyncio.timeout`` would schedule and cancel a timer for every read; here one
-        timer per stream fires at the earliest deadline and, if the read it was for
-        has finished, re-arms itself for the one in progress, if any.
-        """
-        if wait is None:
-            return await self.reader.read(READ_CHUNK)
-        until = loop.time() + wait
-        task = asyncio.current_task()
-        self._until, self._waiting = until, task
-        timer = self._timer
-        if timer is None or timer.when() > until:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(until, self._expire, loop)
-        try:
-            return await self.reader.read(READ_CHUNK)
-        except asyncio.CancelledError:
-            if not self._expired or task is None:
-                raise
-            self._expired = False
-            if task.uncancel() > 0:  # cancelled by someone else too: theirs wins
-                raise
-            raise TimeoutError from None
-        finally:
-            self._until = self._waiting = None
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        until, task = self._until, self._waiting
-        if until is None or task is None:
-            return  # no read waits now; the next one arms the timer again
-        if loop.time() < until:
-            self._timer = loop.call_at(until, self._expire, loop)
-            return
-        self._expired = True
-        task.cancel()
 
     def _hold(self, buffered: int) -> None:
         if self._budget is None:
@@ -208,9 +225,7 @@ class FramedStream:
     def release(self) -> None:
         """Give back what a partly received frame held of the shared budget (and the
         read timer)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._reads.cancel()
         if self._budget is not None:
             self._budget.change(-self._held)
         self._held = 0

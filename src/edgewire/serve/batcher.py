@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -85,9 +85,9 @@ class BatchPolicy:
             raise ConfigError(f"max_queue_delay_ms must be a finite number >= 0, got {delay!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class InferResult:
-    """One request's answer and where its time went."""
+class InferResult(NamedTuple):
+    """One request's answer and where its time went (a named tuple: one is made per
+    request on the hot path)."""
 
     outputs: dict[str, Array]
     """This request's rows only (views into the batch's output arrays)."""

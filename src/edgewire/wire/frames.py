@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from edgewire.errors import ChecksumMismatch, FrameTooLarge, ProtocolError
 
@@ -48,8 +48,9 @@ _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
 _TYPE_OF = {int(t): t for t in MsgType}
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One frame (a named tuple: a frame is made for every message on the hot path)."""
+
     type: MsgType
     payload: bytes
     request_id: int = 0

@@ -481,3 +481,102 @@ def test_infer_result_is_frozen() -> None:
     result = InferResult(outputs={}, queue_ms=0.0, compute_ms=0.0, batch_size=1)
     with pytest.raises(AttributeError):
         result.batch_size = 2  # type: ignore[misc]
+
+
+# --- NaN/Inf once per batch; replies without futures; model time -------------------------
+
+
+async def test_nan_or_inf_refuses_only_its_own_request_and_the_rest_run_together() -> None:
+    model = Model(blocked=True)
+    batcher = Batcher(model, policy=BatchPolicy(max_batch_size=8), refuse_nonfinite=True)
+    await batcher.start()
+    try:
+        bad = rows(1, start=10.0)
+        bad[0, 1] = np.nan
+        worse = rows(1, start=20.0)
+        worse[0, 0] = -np.inf
+        calls = [
+            asyncio.ensure_future(batcher.submit({"x": x}))
+            for x in (rows(1), bad, rows(1, start=30.0), worse, rows(1, start=40.0))
+        ]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        model.release.set()
+        await batcher.stop(drain_timeout=5)
+    for i in (1, 3):
+        assert isinstance(done[i], DataError)
+        assert "input 'x' contains NaN or Inf values" in str(done[i])
+    answered = [d for i, d in enumerate(done) if i not in (1, 3)]
+    assert all(isinstance(d, InferResult) for d in answered)
+    starts = [0.0, 30.0, 40.0]
+    for result, start in zip(answered, starts, strict=True):
+        assert isinstance(result, InferResult)
+        np.testing.assert_allclose(result.outputs["y"], rows(1, start=start) * 2 + 1)
+    assert model.batch_rows == [3]  # one model call, without the refused rows
+    assert batcher.stats["queue_depth"] == 0
+
+
+class Reply:
+    """A caller's own reply object (what a connection answering from a callback passes)."""
+
+    def __init__(self) -> None:
+        self.result: InferResult | None = None
+        self.error: BaseException | None = None
+        self.gone = False
+
+    def done(self) -> bool:
+        return self.gone or self.result is not None or self.error is not None
+
+    def set_result(self, result: InferResult) -> None:
+        self.result = result
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.error = exc
+
+
+async def test_submit_nowait_answers_the_reply_and_a_gone_reply_leaves_no_depth() -> None:
+    model = Model(blocked=True)
+    async with running(model, max_batch_size=2, max_queue_delay_ms=1000) as batcher:
+        first = asyncio.ensure_future(batcher.submit({"x": rows(2)}))  # computes, blocked
+        assert await asyncio.to_thread(model.entered.wait, 5)
+        kept, gone = Reply(), Reply()
+        batcher.submit_nowait({"x": rows(1, start=5.0)}, kept)
+        batcher.submit_nowait({"x": rows(1, start=9.0)}, gone)
+        assert batcher.queue_depth == 2
+        gone.gone = True  # the connection went away before its batch started
+        model.release.set()
+        await first
+        for _ in range(200):
+            if kept.done():
+                break
+            await asyncio.sleep(0.01)
+        assert kept.result is not None and kept.error is None
+        np.testing.assert_allclose(kept.result.outputs["y"], rows(1, start=5.0) * 2 + 1)
+        assert gone.result is None and gone.error is None
+        assert batcher.queue_depth == 0
+        assert model.batch_rows == [2, 1]
+
+
+async def test_submit_nowait_refusals_raise_at_once() -> None:
+    async with running(Model(), max_batch_size=2, max_queue=1) as batcher:
+        with pytest.raises(DataError):
+            batcher.submit_nowait({"x": np.zeros(())}, Reply())
+    stopped = Batcher(Model(), policy=BatchPolicy())
+    with pytest.raises(BusyError, match="not started"):
+        stopped.submit_nowait({"x": rows(1)}, Reply())
+
+
+async def test_model_time_is_counted_by_its_thread_clock() -> None:
+    def busy(inputs: Arrays) -> Arrays:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:  # CPU, not sleep
+            pass
+        return {"y": inputs["x"]}
+
+    async with running(busy, max_batch_size=4) as batcher:
+        await batcher.submit({"x": rows(1)})
+        stats = batcher.stats
+    assert stats["model_cpu_seconds"] >= 0.045
+    assert stats["model_seconds"] >= stats["model_cpu_seconds"] * 0.9

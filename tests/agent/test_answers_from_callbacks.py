@@ -5,6 +5,7 @@ half-close, a refusal in a pipeline answering what came before it."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,56 @@ def test_mnistprot_a_refused_request_mid_pipeline_answers_those_before_it_then_c
         )
     assert len(answer) == 3 * RESPONSE_SIZE  # the three before it, nothing after
     assert errors == 1
+
+
+def _uint64_output_model(path: Path) -> None:
+    """x (N×4 float) -> x cast to uint64: an output dtype the native wire cannot carry."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.UINT64)],
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT64, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def test_an_answer_the_wire_cannot_carry_is_answered_as_its_error_and_the_connection_stays(
+    tmp_path: Path,
+) -> None:
+    _uint64_output_model(tmp_path / "cast.onnx")
+    ModelStore(tmp_path / "models").add("cast", tmp_path / "cast.onnx")
+    x = np.ones((1, 4), np.float32)
+    requests = [
+        encode_frame(MsgType.INFER_REQUEST, encode_message({"model": "cast"}, [x]), request_id=rid)
+        for rid in (1, 2, 3)
+    ]
+    with serving_agent(tmp_path) as agent:
+        began = time.monotonic()
+        answer = _send_all_then_read(agent.native, b"".join(requests))
+        took = time.monotonic() - began
+    frames = FrameDecoder().feed(answer)
+    assert sorted(f.request_id for f in frames) == [1, 2, 3]
+    for frame in frames:
+        meta = decode_message(frame.payload).meta
+        assert frame.type is MsgType.ERROR and "cannot travel" in meta["message"], meta
+    assert took < 5  # none left pending until the drain timeout
+
+
+def test_the_row_cap_holds_when_it_is_under_the_batch_size(tmp_path: Path) -> None:
+    _model(tmp_path)
+    with serving_agent(tmp_path, max_batch_size=32, max_request_rows=4) as agent:
+        answer = _send_all_then_read(
+            agent.native,
+            _infer(5, np.zeros((8, 784), np.float32)) + _infer(6, np.zeros((4, 784), np.float32)),
+        )
+    frames = {f.request_id: f for f in FrameDecoder().feed(answer)}
+    refused = decode_message(frames[5].payload).meta
+    assert frames[5].type is MsgType.ERROR and refused["code"] == "too_large"
+    assert "8 rows, over max_request_rows=4" in refused["message"]
+    assert frames[6].type is MsgType.INFER_RESPONSE

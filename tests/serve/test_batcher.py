@@ -580,3 +580,20 @@ async def test_model_time_is_counted_by_its_thread_clock() -> None:
         stats = batcher.stats
     assert stats["model_cpu_seconds"] >= 0.045
     assert stats["model_seconds"] >= stats["model_cpu_seconds"] * 0.9
+
+
+async def test_requests_refused_for_nan_are_not_counted_as_model_calls() -> None:
+    model = Model()
+    batcher = Batcher(model, policy=BatchPolicy(max_batch_size=4), refuse_nonfinite=True)
+    await batcher.start()
+    try:
+        bad = rows(1)
+        bad[0, 0] = np.nan
+        with pytest.raises(DataError):
+            await batcher.submit({"x": bad})
+        await batcher.submit({"x": rows(2)})
+    finally:
+        await batcher.stop(drain_timeout=5)
+    stats = batcher.stats
+    assert model.batch_rows == [2]
+    assert (stats["batches"], stats["requests"], stats["rows"]) == (1, 1, 2)

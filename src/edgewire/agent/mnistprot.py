@@ -81,13 +81,15 @@ async def handle_mnistprot(
         agent.metrics.infer_errors_total.labels("mnistprot", exc.code).inc()
         log.info("MnistProt request refused: %s", exc)
     finally:
-        if answers.queue and answers.error is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(cfg.drain_timeout):
-                    await answers.wait_sent()
-        answers.closed = True  # still queued: dropped from the batcher
-        reads.cancel()
-        writer.close()
+        try:
+            if answers.queue:  # answered ones go out (up to a refusal), in order
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(cfg.drain_timeout):
+                        await answers.wait_sent()
+        finally:  # a stopping agent may cancel the wait: the connection closes all the same
+            answers.closed = True  # still queued: dropped from the batcher
+            reads.cancel()
+            writer.close()
 
 
 #: Answer bytes queued to a client past which no more of its requests are read.
@@ -135,6 +137,7 @@ class _Answers:
             if answer.refused:
                 self.halted = True
                 self.writer.close()
+                queue.clear()  # later requests are not answered: their replies say done
             elif answer.data:
                 self.writer.write(answer.data)
         if not queue and self.sent is not None and not self.sent.done():
@@ -164,7 +167,8 @@ class _Answer:
         self.refused = False
 
     def done(self) -> bool:
-        return self.data is not None or self.answers.closed
+        answers = self.answers
+        return self.data is not None or answers.closed or answers.halted
 
     def set_result(self, result: InferResult) -> None:
         answers = self.answers
@@ -177,10 +181,15 @@ class _Answer:
                 ),
             )
             return
+        try:
+            data = encode_response(first.astype(np.float32, copy=False), result.compute_ms)
+        except Exception as exc:  # outputs that are not numbers, say
+            self.set_exception(exc)
+            return
         metrics = answers.agent.metrics
         metrics.answered["mnistprot"].inc()
         metrics.latency_ms["mnistprot"].append(result.queue_ms + result.compute_ms)
-        self.data = encode_response(first.astype(np.float32, copy=False), result.compute_ms)
+        self.data = data
         answers.flush()
 
     def set_exception(self, exc: BaseException) -> None:

@@ -117,10 +117,12 @@ async def handle_native(
         stream.send_error(exc.code, exc.message)
         errored = True
     finally:
-        if inflight or answers.pending:
-            await _wait_answered(inflight, answers, cfg.drain_timeout)
-        answers.closed = True  # still queued: dropped from the batcher
-        await (stream.close_after_error() if errored else stream.close())
+        try:
+            if inflight or answers.pending:
+                await _wait_answered(inflight, answers, cfg.drain_timeout)
+        finally:  # a stopping agent may cancel the wait: the stream closes all the same
+            answers.closed = True  # still queued: dropped from the batcher
+            await (stream.close_after_error() if errored else stream.close())
 
 
 async def _wait_answered(
@@ -171,6 +173,13 @@ class _Answers:
             agent.metrics.infer_errors_total.labels("native", exc.code).inc()
             self.stream.send_error(exc.code, exc.message, request_id=request_id)
             return True
+        except Exception as exc:  # a bug, not the peer's fault: answer it, keep the connection
+            log.exception("native request %d failed", request_id)
+            agent.metrics.infer_errors_total.labels("native", "internal").inc()
+            self.stream.send_error(
+                "internal", f"the agent failed: {type(exc).__name__}", request_id=request_id
+            )
+            return True
         reply.version = version.version
         self.pending += 1
         return True
@@ -197,14 +206,19 @@ class _Answer:
         return self.sent or self.answers.closed
 
     def set_result(self, result: InferResult) -> None:
+        try:  # an output the wire cannot carry (say, strings) is answered as its error
+            data = encode_infer_response(
+                self.model, self.version, result, request_id=self.request_id
+            )
+        except Exception as exc:
+            self.set_exception(exc)
+            return
         self.sent = True
         answers = self.answers
         metrics = answers.agent.metrics
         metrics.latency_ms["native"].append(result.queue_ms + result.compute_ms)
         metrics.answered["native"].inc()
-        answers.stream.writer.write(
-            encode_infer_response(self.model, self.version, result, request_id=self.request_id)
-        )
+        answers.stream.writer.write(data)
         answers.settle()
 
     def set_exception(self, exc: BaseException) -> None:

@@ -432,6 +432,11 @@ class Serving:
         batcher = self._batchers[name]
         named = check_inputs(loaded.inputs, inputs, max_rows=None, finite=False)
         rows = next(iter(named.values())).shape[0]
+        limit = self.config.max_request_rows
+        if rows > limit:
+            raise FrameTooLarge(
+                f"the request has {rows} rows, over max_request_rows={limit}; send fewer at once"
+            )
         if rows > batcher.policy.max_batch_size:
             return None
         deadline = None
@@ -520,6 +525,8 @@ def _one_input(
         return None
     shape = array.shape
     want = info.shape
+    if not want:  # a model input without a batch axis: the general checks say it
+        return None
     if len(shape) != len(want):
         array = _unflatten(info, array)
         shape = array.shape

@@ -45,7 +45,8 @@ def roles() -> Roles:
 
 @contextlib.contextmanager
 def pinned(cores: set[int] | None) -> Iterator[None]:
-    """Run this process (and what it starts meanwhile) on ``cores``, then as before."""
+    """Run the calling thread, and the processes and threads it starts meanwhile, on
+    ``cores``; then as before (other threads already running keep their cores)."""
     if cores is None or not hasattr(os, "sched_setaffinity"):
         yield
         return

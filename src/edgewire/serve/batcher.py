@@ -402,10 +402,11 @@ class Batcher:
             if req.deadline is not None and req.deadline <= now:
                 self._expired += 1
                 waited_ms = (time.perf_counter() - req.t0) * 1000.0
-                req.fut.set_exception(
+                self._answer(
+                    req,
                     PeerTimeout(
                         f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}"
-                    )
+                    ),
                 )
                 continue
             live.append(req)
@@ -419,7 +420,7 @@ class Batcher:
             self._failed += 1
             error = ModelError(f"model {self.name!r} cannot run: {_one_line(exc)}")
             for req in live:
-                req.fut.set_exception(error)
+                self._answer(req, error)
             return
         self._inflight[busy] = live
         busy.add_done_callback(functools.partial(self._on_done, live))
@@ -429,34 +430,45 @@ class Batcher:
         if busy.cancelled():  # given up at shutdown before it started; callers were failed
             self._wake()
             return
-        self._batches += 1
-        self._requests += len(batch)
-        self._rows += sum(r.rows for r in batch)
+        exc = busy.exception()
+        results = busy.result()[0] if exc is None else None
+        # Count what reached the model: requests refused for NaN/Inf never did.
+        ran = batch if results is None else [
+            req for req, r in zip(batch, results, strict=True) if isinstance(r, InferResult)
+        ]  # fmt: skip
+        if ran:
+            self._batches += 1
+            self._requests += len(ran)
+            self._rows += sum(r.rows for r in ran)
         # Wake the collector before the callers: callbacks run in order, so the next
         # batch starts computing before the callers' tasks resume and resubmit, and
         # their Python work overlaps the model call instead of preceding it.
         self._wake()
-        exc = busy.exception()
-        if exc is None:
-            results, cpu_s, wall_s = busy.result()
+        if results is not None:
+            _, cpu_s, wall_s = busy.result()
             self._model_cpu_s += cpu_s
             self._model_s += wall_s
             for req, result in zip(batch, results, strict=True):
-                if req.fut.done():
-                    continue
-                try:
-                    if isinstance(result, InferResult):
-                        req.fut.set_result(result)
-                    else:
-                        req.fut.set_exception(result)
-                except Exception:  # one caller's reply must not cost the others theirs
-                    log.exception("answering a request of model %r failed", self.name)
+                self._answer(req, result)
         else:
+            assert exc is not None
             self._failed += 1
             error = self._as_edgewire(exc)
             for req in batch:
-                if not req.fut.done():
-                    req.fut.set_exception(error)
+                self._answer(req, error)
+
+    def _answer(self, req: _Request, result: InferResult | BaseException) -> None:
+        """Give ``req`` its answer or error, unless its caller went away. A Reply that
+        raises is logged: one caller's reply must not cost the others theirs."""
+        if req.fut.done():
+            return
+        try:
+            if isinstance(result, InferResult):
+                req.fut.set_result(result)
+            else:
+                req.fut.set_exception(result)
+        except Exception:
+            log.exception("answering a request of model %r failed", self.name)
 
     def _as_edgewire(self, exc: BaseException) -> EdgewireError:
         if isinstance(exc, EdgewireError):
@@ -481,8 +493,7 @@ class Batcher:
             if req.waiting:
                 req.waiting = False
                 self._depth -= 1
-            if not req.fut.done():
-                req.fut.set_exception(error)
+            self._answer(req, error)
 
     def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

@@ -117,6 +117,9 @@ class FrameDecoder:
     def needed(self) -> int:
         """Bytes still missing before the next frame completes (at least 1)."""
         if self._pending is None:
+            if len(self._buf) >= HEADER_SIZE:  # a header kept whole by _feed_whole
+                length: int = HEADER.unpack_from(self._buf)[6]
+                return max(1, HEADER_SIZE + length - len(self._buf))
             return max(1, HEADER_SIZE - len(self._buf))
         return max(1, self._pending[3] - len(self._buf))
 

@@ -242,9 +242,11 @@ async def _receive(
     # task, and its failure is the real error.
     this = asyncio.current_task()
     assert this is not None
+    reading = [True]  # a callback already scheduled when the read ends must not cancel
 
     def interrupt(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None and not this.done():
+        failed = not task.cancelled() and task.exception() is not None
+        if failed and reading[0] and not this.done():
             this.cancel()
 
     sender.add_done_callback(interrupt)
@@ -256,6 +258,7 @@ async def _receive(
             raise  # cancelled from outside: not ours to swallow
         raise failure from None
     finally:
+        reading[0] = False
         sender.remove_done_callback(interrupt)
 
 

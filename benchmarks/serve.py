@@ -227,6 +227,17 @@ def measured(agent: SpawnedAgent, protocol: str, clients: int, seconds: float, *
     )
 
 
+def warm_then_measure(agent: SpawnedAgent, protocol: str, clients: int, seconds: float) -> Run:
+    """A 2 s warm-up, then a :func:`measured` run, said in one line."""
+    load(agent.ports[protocol], protocol, clients, 2.0)
+    run = measured(agent, protocol, clients, seconds)
+    console.print(
+        f"{protocol}, {clients} clients, pinned: {run.load.rps:,.0f} req/s, "
+        f"p99 {run.load.percentile(99):.1f} ms; {run.cpu_line()}"
+    )
+    return run
+
+
 def load(port: int, protocol: str, clients: int, seconds: float, **kw: Any) -> LoadResult:
     spec = LoadSpec(
         host="127.0.0.1", port=port, protocol=protocol, model="mnist", clients=clients,
@@ -331,13 +342,7 @@ def pinned_runs(
     # Native and HTTP: an agent without the MnistProt port, so that the fd plan gives
     # the native port room for the idle connections as well (agent/fdlimits.py).
     with SpawnedAgent(_copy_store(tmp, "pinned"), env=env, cpus=cores.agent) as agent:
-        load(agent.ports["native"], "native", args.clients, 2.0)  # warm-up
-        native = measured(agent, "native", args.clients, seconds)
-        f["native_pinned"] = native
-        console.print(
-            f"native, {args.clients} clients, pinned: {native.load.rps:,.0f} req/s, "
-            f"p99 {native.load.percentile(99):.1f} ms; {native.cpu_line()}"
-        )
+        f["native_pinned"] = warm_then_measure(agent, "native", args.clients, seconds)
         f["rss_before_idle_mb"] = process_rss_mb(agent.proc.pid)
         loop, idle = open_idle(agent.ports["native"], args.idle)
         try:
@@ -373,13 +378,7 @@ def pinned_runs(
         console.print(
             f"edgewire MnistProt, {args.burst}-client burst: {f['edgewire_burst_s']:.3f} s"
         )
-        load(agent.ports["mnistprot"], "mnistprot", args.clients, 2.0)  # warm-up
-        mnistprot = measured(agent, "mnistprot", args.clients, seconds)
-        f["mnistprot_pinned"] = mnistprot
-        console.print(
-            f"MnistProt, {args.clients} clients, pinned: {mnistprot.load.rps:,.0f} req/s, "
-            f"p99 {mnistprot.load.percentile(99):.1f} ms; {mnistprot.cpu_line()}"
-        )
+        f["mnistprot_pinned"] = warm_then_measure(agent, "mnistprot", args.clients, seconds)
     for name in http_peers.PEERS:
         if not http_peers.available(name):
             console.print(f"{name} is not installed (pip install -e '.[peers]'): skipped")

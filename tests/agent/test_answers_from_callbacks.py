@@ -14,7 +14,7 @@ from edgewire.serve.store import ModelStore
 from edgewire.wire.frames import FrameDecoder, MsgType, encode_frame
 from edgewire.wire.messages import decode_message, encode_message
 from edgewire.wire.mnistprot import DIGIT_LEN, RESPONSE_SIZE, decode_response, encode_request
-from tests.helpers import serving_agent
+from tests.helpers import agent_in_thread, serving_agent
 from tests.serve.models import expected, linear_model
 
 
@@ -151,3 +151,45 @@ def test_the_row_cap_holds_when_it_is_under_the_batch_size(tmp_path: Path) -> No
     assert frames[5].type is MsgType.ERROR and refused["code"] == "too_large"
     assert "8 rows, over max_request_rows=4" in refused["message"]
     assert frames[6].type is MsgType.INFER_RESPONSE
+
+
+def _tile_model(path: Path, repeats: int) -> None:
+    """x (N×4 float) -> x tiled ``repeats`` times along the row: big answers to small requests."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "tile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4 * repeats])],
+        initializer=[numpy_helper.from_array(np.array([1, repeats], np.int64), "repeats")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def test_a_client_that_never_reads_its_answers_stops_being_read(tmp_path: Path) -> None:
+    """Answers come from callbacks, not from a task that drains: the connection must stop
+    reading requests once its unread answers pile up, not queue them without end."""
+    _tile_model(tmp_path / "tile.onnx", repeats=4096)  # 64 KiB answers to 100-byte requests
+    ModelStore(tmp_path / "models").add("tile", tmp_path / "tile.onnx")
+    x = np.ones((1, 4), np.float32)
+    one = encode_frame(MsgType.INFER_REQUEST, encode_message({"model": "tile"}, [x]), request_id=1)
+    with agent_in_thread(tmp_path, idle_timeout=5.0) as running:
+        answered = running.agent.metrics.answered["native"]
+        with socket.create_connection(("127.0.0.1", running.native), timeout=30) as sock:
+            # 1,000 requests (64 MB of answers) in rounds slow enough to stay under the
+            # 64 a connection may have in flight, and never a read.
+            for _ in range(50):
+                sock.sendall(one * 20)
+                time.sleep(0.03)
+            time.sleep(1.0)
+            held = answered._value.get()
+            # Another client is served meanwhile.
+            (other,) = FrameDecoder().feed(_send_all_then_read(running.native, one))
+            assert other.type is MsgType.INFER_RESPONSE
+        # Bounded by the socket buffers and the agent's 256 KiB of unread answers.
+        assert held < 600, held  # 1,000 without the back-pressure

@@ -37,6 +37,7 @@ import numpy as np
 from rich.console import Console
 
 from edgewire.agent import fdlimits
+from edgewire.bench.cores import process_rss_mb
 from edgewire.bench.loadgen import LoadResult, LoadSpec, run_load
 from edgewire.bench.procs import sigterm_as_exit
 from edgewire.bench.report import json_line, markdown_table, print_table, write_section
@@ -105,13 +106,6 @@ def agent_with_model(data_dir: Path, model: Path, env: dict[str, str]) -> Iterat
         yield agent
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def load(agent: SpawnedAgent, *, clients: int, seconds: float) -> LoadResult:
     return run_load(
         LoadSpec(
@@ -174,7 +168,7 @@ def idle_phase(
         try:
             load(agent, clients=clients, seconds=min(seconds, 3.0))  # warm-up
             before = load(agent, clients=clients, seconds=seconds)
-            rss_before = rss_mb(agent.proc.pid)
+            rss_before = process_rss_mb(agent.proc.pid)
             began = time.perf_counter()
             for _ in range(idle):
                 sock = socket.create_connection(("127.0.0.1", agent.ports["native"]), timeout=30)
@@ -185,9 +179,9 @@ def idle_phase(
                     raise RuntimeError("the agent did not accept all the idle connections")
                 time.sleep(0.2)
             connect_s = time.perf_counter() - began
-            rss_idle = rss_mb(agent.proc.pid)
+            rss_idle = process_rss_mb(agent.proc.pid)
             during = load(agent, clients=clients, seconds=seconds)
-            rss_after = rss_mb(agent.proc.pid)
+            rss_after = process_rss_mb(agent.proc.pid)
             refused = open_metric(agent, "edgewire_connections_rejected_total", protocol="native")
         finally:
             for sock in socks:
